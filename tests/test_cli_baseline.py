@@ -1,0 +1,80 @@
+"""End-to-end CLI on a synthetic EMit folder: baseline run folder, submissions, data stats."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib import image
+
+from emitlab.cli import main
+from emitlab.labels import TASK_A_LABELS
+
+from synthetic import write_emit_folder
+
+
+@pytest.fixture(scope="module")
+def emit_folder(tmp_path_factory):
+    return write_emit_folder(tmp_path_factory.mktemp("emit"))
+
+
+@pytest.mark.parametrize("task,labels", [("A", TASK_A_LABELS), ("B", ["Direction", "Topic"])])
+def test_baseline_run_folder(emit_folder, tmp_path, capsys, task, labels):
+    out = tmp_path / "run"
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--task", task, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["validation"]["macro_f1"] <= 1
+    assert set(metrics["test"]["per_label"]) == set(labels)
+    assert metrics["test"]["macro_f1"] > 0.6  # the synthetic cues are easy to learn
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["data"]["task"] == task and "baseline" in cfg and "cleaning" in cfg and "versions" in cfg
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["validation_ids"]) == 30 and len(split["train_ids"]) == 270
+    sub = pd.read_csv(out / f"submission_task-{task}_test.csv", dtype={"id": str})
+    gold = pd.read_csv(emit_folder / "emit_test.csv", dtype={"id": str})
+    assert list(sub.columns) == ["id"] + labels and sub["id"].tolist() == gold["id"].tolist()
+    assert set(np.unique(sub[labels].to_numpy())) <= {0, 1}
+    ood = pd.read_csv(out / f"submission_task-{task}_ood.csv")
+    assert len(ood) == 60
+    assert (out / "run.log").stat().st_size > 0
+
+
+def test_run_folder_is_never_overwritten_silently(emit_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists()
+
+
+def test_config_file_and_flags(emit_folder, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data:\n  data: {emit_folder}\n  seed: 3\nbaseline:\n  C: 0.5\n")
+    out = tmp_path / "run"
+    assert main(["-q", "baseline", "--config", str(cfg), "--seed", "5", "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["baseline"]["C"] == 0.5 and saved["data"]["seed"] == 5
+
+
+def test_data_stats_png(emit_folder, tmp_path, capsys):
+    png = tmp_path / "stats.png"
+    assert main(["data", "stats", "--data", str(emit_folder), "--png", str(png), "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    for name in TASK_A_LABELS:
+        assert name in out
+    img = image.imread(png)
+    assert img.shape[0] > 400 and img.shape[1] > 800 and img.std() > 0.05
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats[0]["n_texts"] == 300
+
+
+def test_help_explains_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["baseline", "--help"])
+    out = capsys.readouterr().out
+    assert "--char-ngram-max" in out and "Longest character n-gram" in out and "--zip-password" in out

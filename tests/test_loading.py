@@ -1,0 +1,165 @@
+"""Data layer: EMit folders and zips, generic files, and clear errors for malformed input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emitlab.cli import main
+from emitlab.data.loading import DataError, load_emit, load_table
+from emitlab.labels import TASK_A_LABELS
+
+HEADER_A = "id,text," + ",".join(TASK_A_LABELS)
+
+
+def row(i: int, text: str, labels: list[int]) -> str:
+    return f"id{i},{text}," + ",".join(map(str, labels))
+
+
+def one_hot(j: int) -> list[int]:
+    return [int(k == j) for k in range(10)]
+
+
+def write_emit(folder: Path, n: int = 40) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [HEADER_A] + [row(i, f"testo numero {i} bello", one_hot(i % 10)) for i in range(n)]
+    (folder / "emit_train_A.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    rows_b = ["id,text,Direction,Topic"] + [f"id{i},testo numero {i} bello,{i % 2},{(i // 2) % 2}" for i in range(n)]
+    (folder / "emit_train_B.csv").write_text("\n".join(rows_b) + "\n", encoding="utf-8")
+    (folder / "emit_test_nolabel.csv").write_text("id,text\nt1,ciao\nt2,che bello\n", encoding="utf-8")
+    return folder
+
+
+def test_emit_folder_task_a_and_b(tmp_path):
+    d = write_emit(tmp_path / "emit")
+    a = load_emit(d, "A")
+    assert len(a.train) == 40 and a.train.labels.shape == (40, 10)
+    assert a.test is None and a.test_nolabel.ids == ["t1", "t2"]
+    b = load_emit(d, "B")
+    assert b.label_names == ["Direction", "Topic"]
+    assert b.train.labels[:4].tolist() == [[0, 0], [1, 0], [0, 1], [1, 1]]
+
+
+def test_real_emit_folder(emit_data_dir):
+    data = load_emit(emit_data_dir, "A")
+    assert len(data.train) == 5966 and len(data.test) == 1000
+    assert data.test.ids == data.test_nolabel.ids
+    assert len(data.ood_nolabel) == 1000 and data.ood_nolabel.labels is None
+    assert data.train.labels.sum(0).tolist()[3] == 91  # Fear, as the data's SOURCE.md counts
+
+
+@pytest.mark.skipif(shutil.which("zip") is None, reason="the 'zip' program is needed to make a ZipCrypto test zip")
+def test_password_zip(tmp_path, monkeypatch):
+    d = write_emit(tmp_path / "plain")
+    z = tmp_path / "emit_2023-v1.zip"
+    subprocess.run(["zip", "-q", "-j", "-P", "segreto", str(z), str(d / "emit_train_A.csv")], check=True)
+    monkeypatch.delenv("EMITLAB_ZIP_PASSWORD", raising=False)
+    assert len(load_emit(z, "A", zip_password="segreto").train) == 40
+    with pytest.raises(DataError, match="password-protected"):
+        load_emit(z, "A")
+    with pytest.raises(DataError, match="wrong password"):
+        load_emit(z, "A", zip_password="sbagliata")
+    monkeypatch.setenv("EMITLAB_ZIP_PASSWORD", "segreto")
+    assert len(load_emit(z, "A").train) == 40
+
+
+def test_generic_jsonl_with_label_list(tmp_path):
+    p = tmp_path / "data.jsonl"
+    p.write_text('{"id": "a", "t": "uno", "emo": ["Joy", "Love"]}\n{"id": "b", "t": "due", "emo": []}\n')
+    ds = load_table(p, text_col="t", label_list_col="emo", label_names=["Joy", "Love", "Fear"])
+    assert ds.labels.tolist() == [[1, 1, 0], [0, 0, 0]]
+
+
+def test_generic_csv_keeps_string_ids(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("id,text,x,y\n007,ciao,1,0\n008,addio,0,1\n")
+    ds = load_table(p, label_cols=["x", "y"])
+    assert ds.ids == ["007", "008"]
+
+
+# ---- malformed inputs: each one a clear message naming file, row and column, no traceback
+
+
+def _bad_csv(tmp_path: Path, body: str, name: str = "bad.csv", encoding: str = "utf-8") -> Path:
+    p = tmp_path / name
+    p.write_bytes(body.encode(encoding) if isinstance(body, str) else body)
+    return p
+
+
+LAB = ",".join(["0"] * 9)
+MALFORMED = {
+    "missing_label_column": ("id,text,Anger\na,ciao,1\n", ["missing column", "'Anticipation'"]),
+    "missing_text_column": (f"id,testo,{','.join(TASK_A_LABELS)}\na,ciao,1,{LAB}\n", ["missing column", "'text'"]),
+    "label_not_binary": (f"{HEADER_A}\na,ciao,1,{LAB}\nb,ciao,2,{LAB}\n", ["row 2", "'Anger'", "not 0 or 1"]),
+    "label_not_number": (f"{HEADER_A}\na,ciao,sì,{LAB}\n", ["row 1", "'Anger'", "'sì'"]),
+    "empty_text": (f"{HEADER_A}\na,ciao,1,{LAB}\nb,   ,1,{LAB}\n", ["row 2", "'text'", "empty"]),
+    "missing_text": (f"{HEADER_A}\na,ciao,1,{LAB}\nb,,1,{LAB}\n", ["row 2", "'text'", "empty or missing"]),
+    "duplicate_id": (f"{HEADER_A}\na,ciao,1,{LAB}\nb,hey,1,{LAB}\na,ola,1,{LAB}\n", ["row 3", "'id'", "duplicate id 'a'", "row 1"]),
+    "missing_label_value": (f"{HEADER_A}\na,ciao,,{LAB}\n", ["row 1", "'Anger'", "not 0 or 1"]),
+    "empty_file": ("", ["empty"]),
+    "bad_quote": (f'{HEADER_A}\na,"ciao,1,{LAB}\n', ["cannot parse"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_csv_cli(tmp_path, capsys, case):
+    body, expected = MALFORMED[case]
+    p = _bad_csv(tmp_path, body)
+    code = main(["data", "validate", "--data", str(p)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and err.startswith("emitlab: error:") and err.count("\n") == 1
+    assert str(p) in err
+    for piece in expected:
+        assert piece in err, (piece, err)
+
+
+def test_bad_encoding(tmp_path, capsys):
+    p = _bad_csv(tmp_path, f"{HEADER_A}\na,perché,1,{LAB}\n", encoding="latin-1")
+    assert main(["data", "validate", "--data", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "not valid UTF-8" in err and "line 2" in err
+
+
+def test_unknown_label_name(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "uno", "labels": ["Joy"]}\n{"text": "due", "labels": ["Gioia"]}\n')
+    with pytest.raises(DataError, match=r"row 2, column 'labels': unknown label 'Gioia'"):
+        load_table(p, id_col=None, label_list_col="labels", label_names=["Joy", "Love"])
+
+
+def test_invalid_jsonl_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"text": "uno"}\n{"text": \n')
+    with pytest.raises(DataError, match="line 2: invalid JSON"):
+        load_table(p, id_col=None)
+
+
+def test_rows_without_label_are_reported_not_dropped(tmp_path, capsys):
+    p = _bad_csv(tmp_path, f"{HEADER_A}\na,ciao,1,{LAB}\nb,niente,0,{LAB}\n")
+    assert main(["data", "validate", "--data", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "2 rows" in out and "1 row(s) with no label at all: rows 2" in out
+
+
+def test_missing_folder_and_missing_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("EMITLAB_DATA", raising=False)
+    assert main(["data", "validate"]) == 2
+    assert "no data given" in capsys.readouterr().err
+    assert main(["data", "validate", "--data", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["data", "validate", "--data", str(tmp_path)]) == 2
+    assert "no emit_train_A.csv" in capsys.readouterr().err
+
+
+def test_cli_entry_point_has_no_traceback(tmp_path):
+    p = _bad_csv(tmp_path, f"{HEADER_A}\na,ciao,7,{LAB}\n")
+    res = subprocess.run([sys.executable, "-m", "emitlab.cli", "data", "validate", "--data", str(p)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "not 0 or 1" in res.stderr
