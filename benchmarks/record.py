@@ -2,8 +2,8 @@
 
     python benchmarks/record.py NAME -- emitlab baseline --data ../shared/data/emit --out runs/x
 
-The JSON holds the command, the machine, the date, library versions, the wall time and the
-run folder's metrics.json (the run folder is read from the command's --out).
+The JSON holds the command, the machine, the date, library versions, the wall time, the run's
+settings (its config.json) and its metrics.json (the run folder is read from the command's --out).
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def main() -> int:
         print(f"command failed with status {proc.returncode}", file=sys.stderr)
         return proc.returncode
     metrics = json.loads((out / "metrics.json").read_text())
-    path = write_result(name, {"command": " ".join(command), "wall_seconds": round(wall, 1), "metrics": metrics})
+    config = json.loads((out / "config.json").read_text())
+    config.pop("versions", None)
+    path = write_result(name, {"command": " ".join(command), "wall_seconds": round(wall, 1), "settings": config,
+                               "metrics": metrics})
     print(f"result written to {path}")
     return 0
 

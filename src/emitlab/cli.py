@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .config import add_dataclass_arguments, build_configs, read_config_file
 
 log = logging.getLogger("emitlab")
@@ -37,7 +39,8 @@ def _run_options(p: argparse.ArgumentParser, command: str) -> None:
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from .data.stats import compute_stats, format_stats, plot_stats
-    from .pipeline import DataConfig, load_data
+    from .pipeline import load_data
+    from .settings import DataConfig
 
     cfg = build_configs(args, [DataConfig])[DataConfig]
     data = load_data(cfg)
@@ -63,7 +66,8 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
-    from .pipeline import DataConfig, load_data
+    from .pipeline import load_data
+    from .settings import DataConfig
 
     cfg = build_configs(args, [DataConfig])[DataConfig]
     data = load_data(cfg)
@@ -77,38 +81,135 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_baseline(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace, classes: list[type], command: str):
+    """Settings, data, run folder, split and cleaner: what every training command starts with."""
     from .data.cleaning import CleaningConfig, TextCleaner
-    from .models.baseline import BaselineConfig, TfidfBaseline
-    from .pipeline import CalibrationConfig, DataConfig, load_data, score_model, split_and_save, summary_line, write_submissions
+    from .data.split import load_split
+    from .pipeline import load_data, split_and_save
+    from .settings import DataConfig
     from .runs import RunDir, default_run_dir
 
-    classes = [DataConfig, CleaningConfig, BaselineConfig, CalibrationConfig]
     cfgs = build_configs(args, classes, read_config_file(args.config) if args.config else None)
-    data_cfg, clean_cfg, base_cfg, cal_cfg = (cfgs[c] for c in classes)
-    data = load_data(data_cfg)
-    run = RunDir(args.out or default_run_dir("baseline"), overwrite=args.overwrite)
-    run.save_config(sys.argv, [cfgs[c] for c in classes])
+    data = load_data(cfgs[DataConfig])
+    resume = getattr(args, "resume", False)
+    run = RunDir(args.out or default_run_dir(command), overwrite=args.overwrite, resume=resume)
     for w in data.warnings:
         log.warning(w)
-    train, val = split_and_save(data, data_cfg, run)
-    clean = TextCleaner(clean_cfg)
+    if resume and (run / "split.json").is_file():
+        train, val = load_split(run / "split.json", data.train)
+    else:
+        train, val = split_and_save(data, cfgs[DataConfig], run)
+    run.save_config(sys.argv, [cfgs[c] for c in classes])
+    return cfgs, data, run, train, val, TextCleaner(cfgs[CleaningConfig])
+
+
+def _finish(run, scored, data, extra: dict) -> None:
+    from .pipeline import summary_line, write_submissions
+
+    scored.metrics["task"] = data.task
+    scored.metrics.update(extra)
+    run.write_json("metrics.json", scored.metrics)
+    write_submissions(run, scored, data.prediction_sets, data.task)
+    log.info(summary_line(scored.metrics))
+    print(summary_line(scored.metrics))
+    print(f"run folder: {run.path}")
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from .data.cleaning import CleaningConfig
+    from .models.baseline import TfidfBaseline
+    from .pipeline import score_model
+    from .settings import BaselineConfig, CalibrationConfig, DataConfig
+
+    classes = [DataConfig, CleaningConfig, BaselineConfig, CalibrationConfig]
+    cfgs, data, run, train, val, clean = _prepare(args, classes, "baseline")
     t0 = time.time()
-    model = TfidfBaseline(base_cfg).fit(clean.clean_many(train.texts), train.labels)
+    model = TfidfBaseline(cfgs[BaselineConfig]).fit(clean.clean_many(train.texts), train.labels)
     fit_s = time.time() - t0
     sets = data.prediction_sets
     probs = {name: model.predict_proba(clean.clean_many(ds.texts)) for name, ds in sets.items()}
     p_val = model.predict_proba(clean.clean_many(val.texts))
-    scored = score_model("tfidf-logreg", data.label_names, p_val, val.labels, sets, probs, cal_cfg)
-    scored.metrics["task"] = data.task
-    scored.metrics["timings_s"] = {"fit": round(fit_s, 2), "total": round(time.time() - run.started, 2)}
-    run.write_json("metrics.json", scored.metrics)
-    write_submissions(run, scored, sets, data.task)
+    scored = score_model("tfidf-logreg", data.label_names, p_val, val.labels, sets, probs, cfgs[CalibrationConfig])
     model.save(run / "baseline.joblib")
-    log.info(summary_line(scored.metrics))
-    print(summary_line(scored.metrics))
-    print(f"run folder: {run.path}")
+    _finish(run, scored, data, {"timings_s": {"fit": round(fit_s, 2), "total": round(time.time() - run.started, 2)}})
     run.close()
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data.cleaning import CleaningConfig
+    from .inference import EmotionClassifier, write_export
+    from .pipeline import score_model
+    from .settings import CalibrationConfig, DataConfig, TrainConfig
+    from .training import train_transformer
+
+    classes = [DataConfig, CleaningConfig, TrainConfig, CalibrationConfig]
+    cfgs, data, run, train, val, clean = _prepare(args, classes, "train")
+    tcfg = cfgs[TrainConfig]
+    sets = data.prediction_sets
+    trained = train_transformer(tcfg, train, val, sets, clean, run, cfgs[DataConfig].seed, resume=args.resume)
+    scored = score_model(tcfg.model, data.label_names, trained.p_val, val.labels, sets, trained.probs, cfgs[CalibrationConfig])
+    meta = export_meta(data.task, data.label_names, scored, clean, trained.input_prefix, tcfg, trained.stats)
+    export = write_export(run / "model", trained.model, trained.tokenizer, meta)
+    reloaded = EmotionClassifier.from_pretrained(export)
+    diff = float(np.abs(reloaded.predict_proba(val.texts, tcfg.eval_batch_size) - trained.p_val).max())
+    log.info("export %s (+ .zip); reloaded model's validation probabilities differ by at most %.2e", export, diff)
+    _finish(run, scored, data, {"training": trained.stats, "export": {"path": str(export), "reload_max_abs_diff": diff},
+                                "timings_s": {"total": round(time.time() - run.started, 1)}})
+    run.close()
+    return 0
+
+
+def export_meta(task, label_names, scored, cleaner, prefix, tcfg, train_stats) -> dict:
+    from .config import to_jsonable
+    from .runs import versions
+
+    return {
+        "task": task,
+        "labels": list(label_names),
+        "decoder": scored.calibration.decoder.to_dict(),
+        "cleaning": cleaner.to_dict(),
+        "input_prefix": prefix,
+        "max_length": tcfg.max_length,
+        "pooling": tcfg.pooling,
+        "base_model": tcfg.model,
+        "train_config": to_jsonable(tcfg),
+        "metrics": {k: scored.metrics[k]["macro_f1"] for k in ("validation", "test", "ood") if k in scored.metrics},
+        "training": train_stats,
+        "versions": versions(),
+    }
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .inference import EmotionClassifier, read_texts, rows_from_probs
+
+    clf = EmotionClassifier.from_pretrained(args.model, device=args.device)
+    texts_in = args.texts if args.texts else ([] if args.input else sys.stdin.read().splitlines())
+    ids, texts = read_texts(Path(args.input) if args.input else None, texts_in, args.text_col)
+    probs = clf.predict_proba(texts, args.batch_size, progress=len(texts) > 10 * args.batch_size)
+    rows = rows_from_probs(probs, clf.decode(probs), clf.label_names)
+    fmt = args.format or ("csv" if args.output and args.output.endswith(".csv") else "jsonl")
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for i, t, r in zip(ids, texts, rows):
+                out.write(json.dumps({"id": i, "text": t, **r}, ensure_ascii=False) + "\n")
+        else:
+            import pandas as pd
+
+            frame = pd.DataFrame({"id": ids, "text": texts})
+            for j, name in enumerate(clf.label_names):
+                frame[f"p_{name}"] = np.round(probs[:, j], 6)
+            pred = clf.decode(probs)
+            for j, name in enumerate(clf.label_names):
+                frame[name] = pred[:, j]
+            frame["labels"] = [";".join(r["labels"]) for r in rows]
+            frame.to_csv(out, index=False)
+    finally:
+        if args.output:
+            out.close()
     return 0
 
 
@@ -117,8 +218,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .data.cleaning import CleaningConfig
-    from .models.baseline import BaselineConfig
-    from .pipeline import CalibrationConfig, DataConfig
+    from .settings import BaselineConfig, CalibrationConfig, DataConfig, TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="emitlab",
@@ -149,15 +249,34 @@ def build_parser() -> argparse.ArgumentParser:
         add_dataclass_arguments(base, cls)
     _run_options(base, "baseline")
     base.set_defaults(func=cmd_baseline)
+
+    train = sub.add_parser("train", help="Fine-tune a transformer encoder (default me5-small); calibrate, evaluate, submit, export.",
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for cls in (DataConfig, CleaningConfig, TrainConfig, CalibrationConfig):
+        add_dataclass_arguments(train, cls)
+    _run_options(train, "train")
+    train.add_argument("--resume", action="store_true", help="Continue an interrupted run in --out from its last checkpoint.")
+    train.set_defaults(func=cmd_train)
+
+    pred = sub.add_parser("predict", help="Per-label probabilities and labels from an exported model (folder or .zip).")
+    pred.add_argument("--model", required=True, help="Export folder or its .zip (runs/<run>/model).")
+    pred.add_argument("texts", nargs="*", help="Texts to classify; without them, --input or one text per stdin line.")
+    pred.add_argument("--input", default="", help="CSV/JSONL/Parquet file with a text column (and optionally id).")
+    pred.add_argument("--text-col", default="text", help="Text column of --input (default: text).")
+    pred.add_argument("--output", default="", help="Write here instead of stdout (.csv gives CSV).")
+    pred.add_argument("--format", choices=["jsonl", "csv"], default=None, help="Output format (default: jsonl, or csv for a .csv --output).")
+    pred.add_argument("--batch-size", type=int, default=64, help="Texts per batch (sorted by length to cut padding).")
+    pred.add_argument("--device", default=None, help="cpu, cuda or mps (default: cpu).")
+    pred.set_defaults(func=cmd_predict)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from .data.loading import DataError
     from .runs import RunExistsError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

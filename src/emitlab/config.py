@@ -1,7 +1,7 @@
 """Settings as dataclasses: command-line options, config files and saved run configs.
 
 Each field's ``metadata["help"]`` becomes its ``--help`` text (as in HF's
-``HfArgumentParser``); ``metadata["choices"]`` restricts values. A config file (JSON or YAML)
+``HfArgumentParser``); ``metadata["choices"]`` restricts values and ``metadata["flag"]`` renames the option. A config file (JSON or YAML)
 holds one section per dataclass, named as in :func:`section_name`, and replaces the defaults;
 flags given on the command line win over the file.
 """
@@ -60,7 +60,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: s
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
                 kwargs.pop("metavar")
-        group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        group.add_argument(f.metadata.get("flag", "--" + f.name.replace("_", "-")), **kwargs)
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,48 +16,15 @@ from .data.split import save_split, split_dataset
 from .labels import labels_for_task
 from .metrics import evaluate
 from .runs import RunDir
+from .settings import DATA_ENV, CalibrationConfig, DataConfig
 
 log = logging.getLogger("emitlab")
 
-DATA_ENV = "EMITLAB_DATA"
-
-
-@dataclass
-class DataConfig:
-    data: str = field(default="", metadata={"help": (
-        "EMit folder (CSVs or the official zips), one EMit zip, 'hf:<dataset id>', or a CSV/JSONL/Parquet "
-        f"training file. Defaults to ${DATA_ENV}.")})
-    task: str = field(default="A", metadata={"choices": ["A", "B"], "help": "EMit subtask: A = 10 emotions, B = Direction/Topic."})
-    zip_password: str = field(default="", metadata={"help": "Password of the official EMit zips (or set $EMITLAB_ZIP_PASSWORD)."})
-    test_file: str = field(default="", metadata={"help": "With a single training file: a labelled test file in the same format."})
-    text_col: str = field(default="text", metadata={"help": "With a single file: the text column."})
-    id_col: str = field(default="id", metadata={"help": "With a single file: the id column (row numbers if absent)."})
-    label_cols: list[str] = field(default_factory=list, metadata={"help": "With a single file: the 0/1 label columns."})
-    label_list_col: str = field(default="", metadata={"help": "With a single file: one column holding a list of label names."})
-    val_fraction: float = field(default=0.1, metadata={"help": "Share of the training data held out for validation (iterative stratification)."})
-    seed: int = field(default=42, metadata={"help": "Seed of the split (and of training)."})
-
-    def resolved_source(self) -> str:
-        source = self.data or os.environ.get(DATA_ENV, "")
-        if not source:
-            raise DataError(f"no data given: pass --data DIR (or a file / hf:<id>) or set ${DATA_ENV}")
-        return source
-
-
-@dataclass
-class CalibrationConfig:
-    thresholds: str = field(default="auto", metadata={"choices": ["auto", "per_label", "global", "fixed"], "help": (
-        "per_label: one F1-optimal threshold per label on validation; global: one threshold for all "
-        "labels; fixed: 0.5; auto: whichever scores best on held-out halves of validation.")})
-    structure: str = field(default="auto", metadata={"choices": ["auto", "none", "both"], "help": (
-        "Label-structure decoding: 'at least one label per text' and 'Neutral alone'. auto keeps what "
-        "held-out halves of validation prefer; none / both force it.")})
-    repeats: int = field(default=30, metadata={"help": "Random half-splits of validation used by the auto choices."})
-
-
 def load_data(cfg: DataConfig) -> EmitData:
     """Load what ``cfg`` points at; a single file becomes an EmitData with train (and test)."""
-    source = cfg.resolved_source()
+    source = cfg.data or os.environ.get(DATA_ENV, "")
+    if not source:
+        raise DataError(f"no data given: pass --data DIR (or a file / hf:<id>) or set ${DATA_ENV}")
     path = Path(source)
     if path.is_file() and path.suffix.lower() in (".csv", ".jsonl", ".ndjson", ".json", ".parquet"):
         if not cfg.label_cols and not cfg.label_list_col:

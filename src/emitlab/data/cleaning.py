@@ -55,7 +55,8 @@ class CleaningConfig:
 
     enabled: bool = field(
         default=True,
-        metadata={"help": "Apply text cleaning at all; when false the text is passed through unchanged."},
+        metadata={"help": "Apply text cleaning at all; when false the text is passed through unchanged.",
+                  "flag": "--clean"},
     )
     urls: str = field(
         default="token",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -13,16 +13,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-
-@dataclass
-class BaselineConfig:
-    word_ngram_max: int = field(default=2, metadata={"help": "Longest word n-gram (word n-grams from 1 to this)."})
-    char_ngram_min: int = field(default=1, metadata={"help": "Shortest character n-gram (within word boundaries)."})
-    char_ngram_max: int = field(default=6, metadata={"help": "Longest character n-gram."})
-    min_df: int = field(default=1, metadata={"help": "Ignore n-grams seen in fewer training texts than this."})
-    max_features: int = field(default=200_000, metadata={"help": "Keep at most this many n-grams per analyzer."})
-    C: float = field(default=1.0, metadata={"help": "Inverse L2 regularisation strength of the logistic regression."})
-    class_weight: str = field(default="balanced", metadata={"help": "'balanced' reweights each label's classes; 'none' does not."})
+from ..settings import BaselineConfig
 
 
 class TfidfBaseline:

@@ -1,0 +1,115 @@
+"""Fine-tuning, export, reload and prediction with a tiny local BERT (seconds each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emitlab.cli import main
+from emitlab.inference import EmotionClassifier
+
+from synthetic import write_emit_folder
+from tiny import build_tiny_bert
+
+TRAIN_ARGS = ["--epochs", "3", "--batch-size", "16", "--learning-rate", "3e-3", "--head-learning-rate", "1e-2",
+              "--max-length", "48", "--report-to", "none", "--no-freeze-word-embeddings", "--logging-steps", "5"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def emit_folder(tmp_path_factory):
+    return write_emit_folder(tmp_path_factory.mktemp("emit"))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model, emit_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "train"
+    code = main(["-q", "train", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out)] + TRAIN_ARGS)
+    assert code == 0
+    return out
+
+
+def test_train_run_folder(trained_run):
+    m = json.loads((trained_run / "metrics.json").read_text())
+    assert m["training"]["global_steps"] > 0 and m["training"]["device"] == "cpu"
+    assert {"raw", "macro_f1", "per_label"} <= set(m["test"])
+    assert m["export"]["reload_max_abs_diff"] <= 1e-6
+    for f in ("config.json", "split.json", "trainer_log.json", "submission_task-A_test.csv", "submission_task-A_ood.csv",
+              "model/emitlab.json", "model/classifier.safetensors", "model/config.json", "model.zip"):
+        assert (trained_run / f).exists(), f
+    history = json.loads((trained_run / "trainer_log.json").read_text())
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses[-1] < losses[0]  # it learned
+    assert m["validation"]["macro_f1"] > 0.4
+
+
+def test_reload_equals_training_probabilities(trained_run):
+    m = json.loads((trained_run / "metrics.json").read_text())
+    meta = json.loads((trained_run / "model" / "emitlab.json").read_text())
+    assert meta["labels"][0] == "Anger" and len(meta["decoder"]["thresholds"]) == 10
+    assert meta["cleaning"]["urls"] == "token" and meta["max_length"] == 48
+    assert meta["metrics"]["test"] == pytest.approx(m["test"]["macro_f1"])
+    a = EmotionClassifier.from_pretrained(trained_run / "model")
+    b = EmotionClassifier.from_pretrained(trained_run / "model.zip")
+    texts = ["che paura terrore oggi", "amore cuore 😂 #Bello", "x"]
+    pa, pb = a.predict_proba(texts), b.predict_proba(texts)
+    assert np.abs(pa - pb).max() <= 1e-6
+    # batching and length sorting do not change the result
+    assert np.abs(a.predict_proba(texts, batch_size=1) - pa).max() <= 1e-5
+    rows = a.predict("amore cuore")
+    assert set(rows[0]["probabilities"]) == set(meta["labels"])
+
+
+def test_predict_cli_stdin_and_csv(trained_run, tmp_path):
+    model = str(trained_run / "model")
+    res = subprocess.run([sys.executable, "-m", "emitlab.cli", "predict", "--model", model],
+                         input="felice evviva\nche schifo vergogna\n", capture_output=True, text=True, check=True)
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 2 and rows[0]["text"] == "felice evviva" and len(rows[0]["probabilities"]) == 10
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": ["a", "b", "c"], "text": ["rabbia", "triste lacrime", "fiducia bravo"]}).to_csv(inp, index=False)
+    out = tmp_path / "out.csv"
+    assert main(["predict", "--model", model, "--input", str(inp), "--output", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert frame["id"].tolist() == ["a", "b", "c"]
+    assert {"p_Joy", "Joy", "labels"} <= set(frame.columns)
+    assert ((frame["p_Joy"] >= 0) & (frame["p_Joy"] <= 1)).all()
+
+
+def test_task_b_and_cls_pooling_and_focal(tiny_model, emit_folder, tmp_path):
+    out = tmp_path / "b"
+    args = ["-q", "train", "--data", str(emit_folder), "--task", "B", "--model", str(tiny_model), "--out", str(out),
+            "--pooling", "cls", "--loss", "focal", "--pos-weight", "neg_pos"] + TRAIN_ARGS
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["test"]["per_label"]) == {"Direction", "Topic"}
+    clf = EmotionClassifier.from_pretrained(out / "model")
+    assert clf.predict_proba(["ciao"]).shape == (1, 2)
+
+
+def test_resume_after_crash(tiny_model, emit_folder, tmp_path):
+    out = tmp_path / "crash"
+    cmd = [sys.executable, "-m", "emitlab.cli", "-q", "train", "--data", str(emit_folder), "--model", str(tiny_model),
+           "--out", str(out), "--eval-steps", "5", "--max-steps", "20", "--early-stopping-patience", "0"] + TRAIN_ARGS
+    env = dict(os.environ, EMITLAB_TEST_CRASH_AFTER_STEP="12")
+    crashed = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert crashed.returncode == 3, crashed.stderr[-2000:]
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert "checkpoint-10" in checkpoints
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in (out / "run.log").read_text()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["training"]["global_steps"] == 20
+    assert EmotionClassifier.from_pretrained(out / "model").predict_proba(["ciao"]).shape == (1, 10)
