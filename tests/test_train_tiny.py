@@ -44,6 +44,9 @@ def test_train_run_folder(trained_run):
     assert m["training"]["global_steps"] > 0 and m["training"]["device"] == "cpu"
     assert {"raw", "macro_f1", "per_label"} <= set(m["test"])
     assert m["export"]["reload_max_abs_diff"] <= 1e-6
+    # the validation probabilities are aligned with the validation rows: scoring them at 0.5
+    # reproduces the Trainer's own evaluation of the best checkpoint
+    assert m["validation"]["raw"]["macro_f1"] == pytest.approx(m["training"]["best_validation_macro_f1_at_0.5"], abs=1e-6)
     for f in ("config.json", "split.json", "trainer_log.json", "submission_task-A_test.csv", "submission_task-A_ood.csv",
               "model/emitlab.json", "model/classifier.safetensors", "model/config.json", "model.zip"):
         assert (trained_run / f).exists(), f

@@ -89,7 +89,16 @@ def _prepare(args: argparse.Namespace, classes: list[type], command: str):
     from .settings import DataConfig
     from .runs import RunDir, default_run_dir
 
-    cfgs = build_configs(args, classes, read_config_file(args.config) if args.config else None)
+    file_data = read_config_file(args.config) if args.config else {}
+    profile = vars(args).get("run.profile") or (file_data.get("run") or {}).get("profile")
+    if profile:
+        from .workflow import PROFILES
+
+        merged = {sec: dict(values) for sec, values in PROFILES[profile].items()}
+        for sec, values in file_data.items():
+            merged.setdefault(sec, {}).update(values or {})
+        file_data = merged
+    cfgs = build_configs(args, classes, file_data)
     data = load_data(cfgs[DataConfig])
     resume = getattr(args, "resume", False)
     run = RunDir(args.out or default_run_dir(command), overwrite=args.overwrite, resume=resume)
@@ -138,7 +147,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .data.cleaning import CleaningConfig
-    from .inference import EmotionClassifier, write_export
+    from .inference import EmotionClassifier, export_meta, write_export
     from .pipeline import score_model
     from .settings import CalibrationConfig, DataConfig, TrainConfig
     from .training import train_transformer
@@ -160,24 +169,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_meta(task, label_names, scored, cleaner, prefix, tcfg, train_stats) -> dict:
-    from .config import to_jsonable
-    from .runs import versions
+def cmd_run(args: argparse.Namespace) -> int:
+    from .data.cleaning import CleaningConfig
+    from .settings import BaselineConfig, CalibrationConfig, DataConfig, RunConfig, TrainConfig
+    from .workflow import run_all, summary_table
 
-    return {
-        "task": task,
-        "labels": list(label_names),
-        "decoder": scored.calibration.decoder.to_dict(),
-        "cleaning": cleaner.to_dict(),
-        "input_prefix": prefix,
-        "max_length": tcfg.max_length,
-        "pooling": tcfg.pooling,
-        "base_model": tcfg.model,
-        "train_config": to_jsonable(tcfg),
-        "metrics": {k: scored.metrics[k]["macro_f1"] for k in ("validation", "test", "ood") if k in scored.metrics},
-        "training": train_stats,
-        "versions": versions(),
-    }
+    classes = [DataConfig, CleaningConfig, BaselineConfig, TrainConfig, CalibrationConfig, RunConfig]
+    cfgs, data, run, train, val, clean = _prepare(args, classes, "run")
+    metrics = run_all(data, train, val, clean, run, cfgs, cfgs[DataConfig].seed, resume=args.resume)
+    print(summary_table(metrics))
+    print(f"run folder: {run.path}" + ("  (report: report.html)" if cfgs[RunConfig].report else ""))
+    run.close()
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -185,7 +188,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .inference import EmotionClassifier, read_texts, rows_from_probs
 
-    clf = EmotionClassifier.from_pretrained(args.model, device=args.device)
+    clf = EmotionClassifier.from_pretrained(args.model, device=args.device, backend=args.backend)
     texts_in = args.texts if args.texts else ([] if args.input else sys.stdin.read().splitlines())
     ids, texts = read_texts(Path(args.input) if args.input else None, texts_in, args.text_col)
     probs = clf.predict_proba(texts, args.batch_size, progress=len(texts) > 10 * args.batch_size)
@@ -218,7 +221,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .data.cleaning import CleaningConfig
-    from .settings import BaselineConfig, CalibrationConfig, DataConfig, TrainConfig
+    from .onnx_export import register_cli
+    from .settings import BaselineConfig, CalibrationConfig, DataConfig, RunConfig, TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="emitlab",
@@ -258,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="Continue an interrupted run in --out from its last checkpoint.")
     train.set_defaults(func=cmd_train)
 
+    run = sub.add_parser("run", help="The main job: stats, split, baseline, fine-tuning, ensemble, calibration, evaluation, "
+                                     "submissions, export and an HTML report.",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for cls in (RunConfig, DataConfig, CleaningConfig, BaselineConfig, TrainConfig, CalibrationConfig):
+        add_dataclass_arguments(run, cls)
+    _run_options(run, "run")
+    run.add_argument("--resume", action="store_true", help="Continue an interrupted run in --out from its last checkpoint.")
+    run.set_defaults(func=cmd_run)
+
     pred = sub.add_parser("predict", help="Per-label probabilities and labels from an exported model (folder or .zip).")
     pred.add_argument("--model", required=True, help="Export folder or its .zip (runs/<run>/model).")
     pred.add_argument("texts", nargs="*", help="Texts to classify; without them, --input or one text per stdin line.")
@@ -267,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--format", choices=["jsonl", "csv"], default=None, help="Output format (default: jsonl, or csv for a .csv --output).")
     pred.add_argument("--batch-size", type=int, default=64, help="Texts per batch (sorted by length to cut padding).")
     pred.add_argument("--device", default=None, help="cpu, cuda or mps (default: cpu).")
+    pred.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                      help="torch (default), or onnxruntime on CPU: onnx (fp32) or onnx-int8 (quantised); "
+                           "the ONNX file is exported into the model folder first if missing (see export-onnx).")
     pred.set_defaults(func=cmd_predict)
+    register_cli(sub)
     return parser
 
 

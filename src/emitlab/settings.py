@@ -70,6 +70,8 @@ class TrainConfig:
         "Keep the word-embedding matrix fixed (most of me5-small's parameters; about 1.5-2x faster steps on CPU).")})
     max_length: int = field(default=96, metadata={"help": "Longest input in tokens (longer texts are truncated)."})
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
+    group_by_length: bool = field(default=True, metadata={"help": (
+        "Batch texts of similar length together (less padding, faster steps; order stays random across batches).")})
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size for evaluation and prediction."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the encoder."})
     head_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the pooler and classifier."})
@@ -87,3 +89,11 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"choices": ["auto", "cpu", "cuda", "mps"], "help": "Where to train."})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default)."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept in the run folder."})
+
+
+@dataclass
+class RunConfig:
+    profile: str = field(default="full", metadata={"choices": ["full", "quick"], "help": (
+        "full: the settings the fine-tuning benchmark chose; quick: a few hundred steps, a smoke run of a few minutes.")})
+    transformer: bool = field(default=True, metadata={"help": "Fine-tune the transformer (--no-transformer: baseline only)."})
+    report: bool = field(default=True, metadata={"help": "Write report.html into the run folder."})

@@ -14,7 +14,7 @@ import torch
 
 from .data.cleaning import TextCleaner
 from .data.loading import TextDataset
-from .inference import encode_texts
+from .inference import EmotionClassifier, encode_texts
 from .metrics import macro_f1
 from .models.losses import build_loss
 from .settings import TrainConfig
@@ -146,10 +146,15 @@ def train_transformer(
     (run / "trainer_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
 
     t1 = time.time()
+    # Predict with our own length-sorted batching, not trainer.predict: with
+    # train_sampling_strategy="group_by_length", transformers 5 also reorders evaluation
+    # batches, so trainer.predict's rows would not follow the dataset's order.
     model = trainer.model.eval()
-    p_val = _sigmoid(trainer.predict(val_ds).predictions)
-    probs = {name: _sigmoid(trainer.predict(_to_dataset(tokenizer, ds, prefix, cfg.max_length, cleaner)).predictions)
-             for name, ds in sets.items()}
+    predictor = EmotionClassifier(model, tokenizer, {
+        "labels": train.label_names, "cleaning": cleaner.to_dict(), "input_prefix": prefix, "max_length": cfg.max_length,
+        "decoder": {"label_names": train.label_names, "thresholds": [0.5] * len(train.label_names)}})
+    p_val = predictor.predict_proba(val.texts, cfg.eval_batch_size, progress=True)
+    probs = {name: predictor.predict_proba(ds.texts, cfg.eval_batch_size, progress=True) for name, ds in sets.items()}
     predict_s = time.time() - t1
     n_pred = len(val) + sum(len(ds) for ds in sets.values())
     stats = {
@@ -176,6 +181,7 @@ def _training_arguments(cfg: TrainConfig, run: RunDir, seed: int, device: str, s
     return TrainingArguments(
         output_dir=str(run / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         per_device_eval_batch_size=cfg.eval_batch_size,
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
