@@ -221,7 +221,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .data.cleaning import CleaningConfig
-    from .onnx_export import register_cli
     from .settings import BaselineConfig, CalibrationConfig, DataConfig, RunConfig, TrainConfig
 
     parser = argparse.ArgumentParser(
@@ -271,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="Continue an interrupted run in --out from its last checkpoint.")
     run.set_defaults(func=cmd_run)
 
+    from .compare import register_cli as register_compare
+    from .onnx_export import register_cli as register_onnx
+    from .serving.cli import register_cli as register_serve
+
+    register_compare(sub)
+    register_serve(sub)
+
     pred = sub.add_parser("predict", help="Per-label probabilities and labels from an exported model (folder or .zip).")
     pred.add_argument("--model", required=True, help="Export folder or its .zip (runs/<run>/model).")
     pred.add_argument("texts", nargs="*", help="Texts to classify; without them, --input or one text per stdin line.")
@@ -284,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="torch (default), or onnxruntime on CPU: onnx (fp32) or onnx-int8 (quantised); "
                            "the ONNX file is exported into the model folder first if missing (see export-onnx).")
     pred.set_defaults(func=cmd_predict)
-    register_cli(sub)
+    register_onnx(sub)
     return parser
 
 

@@ -64,7 +64,7 @@ def run_all(data: EmitData, train: TextDataset, val: TextDataset, clean: TextCle
     t = time.time()
     stats = [compute_stats(ds.texts, ds.labels, ds.label_names, name=name)
              for name, ds in (("train", data.train), ("test", data.test)) if ds is not None and ds.labels is not None]
-    run.write_json("data_stats.json", [s.to_dict() for s in stats])
+    run.write_json("data_stats.json", [s.to_dict() | {"word_lengths": s.word_lengths.tolist()} for s in stats])
     plot_stats(stats, run / "data_stats.png")
     run.write_json("validation_texts.json", [{"id": i, "text": x} for i, x in zip(val.ids, val.texts)])
     timings["stats"] = time.time() - t

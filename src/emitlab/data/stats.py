@@ -54,6 +54,37 @@ class DatasetStats:
             "pos_weight": {k: num(v) for k, v in self.pos_weight.items()},
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DatasetStats":
+        """Rebuild from :meth:`to_dict` output. The per-text word lengths are not stored there,
+        so ``word_lengths`` stays empty unless ``d`` carries a ``"word_lengths"`` list."""
+        names = list(d["label_names"])
+        prev = d.get("prevalence", {})
+        prevalence = pd.DataFrame(
+            {
+                "count": [int(prev.get(lab, {}).get("count", 0)) for lab in names],
+                "percent": [float(prev.get(lab, {}).get("percent") or 0.0) for lab in names],
+            },
+            index=pd.Index(names, name="label"),
+        )
+        cooc_d = d.get("cooccurrence", {})
+        cooc = pd.DataFrame(
+            [[int(cooc_d.get(r, {}).get(c, 0)) for c in names] for r in names], index=names, columns=names
+        )
+        empty = _summary(np.zeros(0))
+        return cls(
+            n_texts=int(d["n_texts"]),
+            label_names=names,
+            prevalence=prevalence,
+            cooccurrence=cooc,
+            labels_per_text={int(k): int(v) for k, v in d.get("labels_per_text", {}).items()},
+            length_chars={**empty, **{k: float(v or 0.0) for k, v in d.get("length_chars", {}).items()}},
+            length_words={**empty, **{k: float(v or 0.0) for k, v in d.get("length_words", {}).items()}},
+            pos_weight={k: float("inf") if v is None else float(v) for k, v in d.get("pos_weight", {}).items()},
+            name=d.get("name", ""),
+            word_lengths=np.asarray(d.get("word_lengths", []), dtype=int),
+        )
+
 
 def _summary(values: np.ndarray) -> dict[str, float]:
     if values.size == 0:

@@ -1,0 +1,400 @@
+"""ONNX export of a trained model and an onnxruntime backend for :class:`~emitlab.inference.EmotionClassifier`.
+
+    emitlab export-onnx --model runs/me5/model            # model.onnx + model.int8.onnx
+    emitlab predict --model runs/me5/model --backend onnx-int8 "Che bella giornata!"
+
+    >>> export_onnx(Path("runs/me5/model"))
+    >>> EmotionClassifier.from_pretrained("runs/me5/model", backend="onnx")
+
+The graph holds the network up to the **logits** only (encoder, pooling, linear layer). The
+sigmoid, the thresholds and the decoding rules stay in Python, so that every backend shares them
+and the ONNX probabilities match the torch ones. Inputs are ``input_ids``, ``attention_mask`` and,
+only when the tokenizer produces it, ``token_type_ids`` (int64, dynamic batch and sequence axes);
+the output is ``logits`` (float32, ``(batch, n_labels)``).
+
+``model.int8.onnx`` is the same graph after onnxruntime's dynamic quantisation (int8 weights,
+activations quantised on the fly): about a quarter of the size and usually faster on CPU, at
+the price of slightly different probabilities (``benchmarks/inference.py`` measures both).
+
+The files are written beside the export by default and listed under ``"onnx"`` in its
+``emitlab.json`` with their sizes and the largest logit difference from torch measured at export.
+
+Exporter: torch 2.13 has two. The TorchScript tracer (``torch.onnx.export(..., dynamo=False)``)
+needs nothing beyond torch, exports a BERT in about a second and gives a graph whose batch and
+sequence axes are dynamic; it is deprecated but still shipped, so it is the default. The
+``torch.export``-based one (``dynamo=True``) needs the ``onnxscript`` package and is much slower
+to export; it is used when asked for (``exporter="dynamo"``) or when the tracer fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+# torch, numpy, onnxruntime and emitlab.inference are imported where they are used: the CLI
+# builds its parser (and so imports this module) on every call and must stay quick.
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
+
+    from .inference import EmotionClassifier
+
+log = logging.getLogger("emitlab")
+
+BACKENDS = ("torch", "onnx", "onnx-int8")  # as emitlab.inference.BACKENDS
+ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"
+#: backend name -> default file name in the export folder
+BACKEND_FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
+DEFAULT_OPSET = 17
+EXPORTERS = ("auto", "torchscript", "dynamo")
+
+# Texts of very different lengths: the example batch is padded, so the traced graph keeps the
+# attention-mask path (a batch without padding could let a tracer drop it).
+_SAMPLE_TEXTS = [
+    "Che bella giornata, sono felicissimo! 😂 #evviva @user",
+    "no",
+    "Non ci posso credere, che vergogna: hanno rimandato di nuovo tutto a domani e nessuno ci ha "
+    "detto niente. Che rabbia, davvero, non se ne può più di questa gente. https://example.com",
+    "Ti voglio bene ❤️",
+]
+
+
+def logits_only(model: "nn.Module") -> "nn.Module":
+    """``EmotionModel`` as a module returning the logits tensor (not a dict), ready for tracing."""
+    from torch import nn
+
+    class LogitsOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            return self.model(input_ids, attention_mask, token_type_ids)["logits"]
+
+    return LogitsOnly().eval()
+
+
+# --------------------------------------------------------------------------------------
+# Export
+
+
+def export_onnx(model_dir: Path, out: Path | None = None, int8: bool = True, opset: int = DEFAULT_OPSET,
+                exporter: str = "auto") -> dict:
+    """Export ``model_dir`` (an export folder or its .zip) to ``<out>/model.onnx`` and, with
+    ``int8``, ``<out>/model.int8.onnx``; ``out`` defaults to the export folder itself.
+
+    Every file is written to a temporary name and renamed into place. The export's
+    ``emitlab.json`` gets an ``"onnx"`` entry listing the files present (read-modify-write,
+    replaced atomically). Returns that entry, with absolute ``path`` fields added.
+    """
+    import torch
+
+    from .inference import MODEL_INPUTS, EmotionClassifier, resolve_export
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
+    if opset < 17:
+        raise ValueError(f"opset must be at least 17 (LayerNormalization), got {opset}")
+    folder = resolve_export(model_dir)
+    out_dir = Path(out) if out is not None else folder
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    clf = EmotionClassifier.from_pretrained(folder)  # torch backend, CPU
+    model = clf.model.float().eval()
+    (_, sample), = list(clf.padded_batches(_SAMPLE_TEXTS, batch_size=len(_SAMPLE_TEXTS)))
+    names = [k for k in MODEL_INPUTS if k in sample]  # the order of LogitsOnly.forward's parameters
+    wrapper = logits_only(model)
+    fp32_path = out_dir / ONNX_FILE
+    used, opset = _atomic_write(fp32_path, lambda tmp: _export_graph(wrapper, sample, names, tmp, opset, exporter))
+    log.info("ONNX graph (%s exporter, opset %d) written to %s in %.1f s", used, opset, fp32_path, time.time() - t0)
+
+    checks = [_SAMPLE_TEXTS, _SAMPLE_TEXTS[1:2], _SAMPLE_TEXTS[::-1] * 3]
+    diffs = {"onnx": _max_logit_diff(clf, fp32_path, checks)}
+    if diffs["onnx"] > 1e-3:
+        log.warning("the ONNX graph's logits differ from torch by up to %.2e: check the export", diffs["onnx"])
+    if int8:
+        _atomic_write(out_dir / ONNX_INT8_FILE, lambda tmp: quantize_int8(fp32_path, tmp))
+        diffs["onnx-int8"] = _max_logit_diff(clf, out_dir / ONNX_INT8_FILE, checks)
+        log.info("int8 copy written to %s", out_dir / ONNX_INT8_FILE)
+
+    entry = {"opset": opset, "exporter": used, "inputs": names, "output": "logits", "files": {}, "sample_max_abs_logit_diff": {},
+             "versions": {"torch": torch.__version__, "onnxruntime": _ort_version()}}
+    for backend, fname in BACKEND_FILES.items():
+        path = out_dir / fname
+        if path.is_file():
+            entry["files"][backend] = {"file": _relative(path, folder), "bytes": path.stat().st_size,
+                                       **({"weights": "int8 (dynamic quantisation, QInt8)"} if backend == "onnx-int8" else {})}
+            if backend in diffs:
+                entry["sample_max_abs_logit_diff"][backend] = diffs[backend]
+    update_meta(folder, {"onnx": entry})
+    result = json.loads(json.dumps(entry))
+    for backend, f in result["files"].items():
+        f["path"] = str((folder / f["file"]).resolve())
+    result["seconds"] = round(time.time() - t0, 2)
+    return result
+
+
+def _export_graph(wrapper: "nn.Module", sample: dict[str, "np.ndarray"], names: list[str], path: Path, opset: int,
+                  exporter: str) -> tuple[str, int]:
+    """Trace ``wrapper`` into ``path``; returns the exporter and the opset used."""
+    import torch
+
+    args = tuple(torch.from_numpy(sample[n]) for n in names)
+    if exporter in ("auto", "torchscript"):
+        try:
+            with _quiet_export():
+                torch.onnx.export(wrapper, args, str(path), dynamo=False, input_names=names, output_names=["logits"],
+                                  dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+                                  opset_version=opset, do_constant_folding=True)
+            return "torchscript", opset
+        except Exception as exc:  # e.g. a torch without the TorchScript exporter
+            if exporter == "torchscript":
+                raise
+            log.warning("TorchScript ONNX export failed (%s); trying the torch.export-based exporter", exc)
+    if importlib.util.find_spec("onnxscript") is None:
+        raise ValueError("the torch.export-based ONNX exporter (dynamo=True) needs the onnxscript package: "
+                           "pip install onnxscript")
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    opset = max(opset, 18)  # the lowest opset this exporter writes without a conversion step
+    with _quiet_export():
+        torch.onnx.export(wrapper, args, str(path), dynamo=True, input_names=names, output_names=["logits"],
+                          dynamic_shapes={n: {0: batch, 1: seq} for n in names}, opset_version=opset,
+                          external_data=False, verbose=False)
+    return "dynamo", opset
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """Tracer and deprecation warnings are expected here; keep them out of the user's console."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        log.debug("onnx export: %s: %s", w.category.__name__, w.message)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(src: Path, dest: Path) -> None:
+    """onnxruntime dynamic quantisation of ``src`` (int8 weights) into ``dest``. The recommended
+    pre-processing (graph optimisation; symbolic shape inference fails on these graphs, so it is
+    skipped) runs first when it works."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix=".emitlab-quant-", dir=Path(dest).parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            with _quiet_root_logger():
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            source = pre
+        except Exception as exc:  # quantising the raw graph still works, only less well
+            log.warning("quantisation pre-processing failed (%s); quantising the graph as exported", exc)
+            source = Path(src)
+        with _quiet_root_logger():  # the quantiser logs every tensor it skips at INFO on the root logger
+            quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8)
+
+
+def _max_logit_diff(clf: EmotionClassifier, onnx_path: Path, batches: list[list[str]]) -> float:
+    """Largest |logit_onnx - logit_torch| over ``batches`` (each a padded batch of its own shape)."""
+    import numpy as np
+    import torch
+
+    engine = OnnxBackend(onnx_path)
+    diff = 0.0
+    for texts in batches:
+        for _, batch in clf.padded_batches(texts, batch_size=len(texts)):
+            ref = torch.as_tensor(clf.engine(batch)).float().numpy()
+            diff = max(diff, float(np.abs(engine(batch) - ref).max()))
+    return diff
+
+
+def _atomic_write(dest: Path, write: Callable[[Path], object]):
+    """Call ``write(tmp)`` on a temporary file beside ``dest``, then rename it onto ``dest``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", suffix=".onnx", dir=dest.parent)
+    os.close(fd)
+    try:
+        result = write(Path(tmp))
+        os.chmod(tmp, _file_mode(dest))
+        os.replace(tmp, dest)
+        return result
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update_meta(folder: Path, updates: dict) -> dict:
+    """Read ``emitlab.json``, apply ``updates`` (top-level keys) and replace the file atomically."""
+    from .inference import META_FILE, read_meta
+
+    meta = read_meta(folder)
+    meta.update(updates)
+    path = Path(folder) / META_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{META_FILE}.tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(meta, indent=2, ensure_ascii=False))
+        os.chmod(tmp, _file_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return meta
+
+
+def _file_mode(dest: Path) -> int:
+    """The permissions ``dest`` has, or those a new file gets (mkstemp's are owner-only)."""
+    if dest.exists():
+        return dest.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+# --------------------------------------------------------------------------------------
+# Backend
+
+
+class OnnxBackend:
+    """An onnxruntime session (CPU) mapping a padded batch to logits ``(batch, n_labels)``."""
+
+    def __init__(self, path: Path, name: str = "onnx", threads: int | None = None):
+        import onnxruntime as ort
+        import torch
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.name = name
+        self.path = Path(path)
+        self.device = torch.device("cpu")
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        import numpy as np
+
+        missing = [n for n in self.input_names if n not in batch]
+        if missing:
+            raise ValueError(f"{self.path.name} needs inputs {missing} that the tokenizer did not produce")
+        feeds = {n: np.ascontiguousarray(batch[n], dtype=np.int64) for n in self.input_names}
+        return self.session.run(["logits"], feeds)[0]
+
+
+def onnx_file(folder: Path, meta: dict, backend: str) -> Path:
+    """Where ``backend``'s ONNX file is: as recorded in ``emitlab.json``, else the default name."""
+    recorded = ((meta.get("onnx") or {}).get("files") or {}).get(backend)
+    if recorded:
+        path = Path(recorded["file"])
+        path = path if path.is_absolute() else folder / path
+        if path.is_file():
+            return path
+    return folder / BACKEND_FILES[backend]
+
+
+def load_onnx_backend(folder: Path, backend: str, device: str | None = None) -> tuple[OnnxBackend, dict]:
+    """The :class:`OnnxBackend` for ``backend`` (``"onnx"`` or ``"onnx-int8"``) of an export folder,
+    exporting the ONNX file first when it is missing. Returns it with the (possibly updated) meta."""
+    from .inference import read_meta
+
+    if backend not in BACKEND_FILES:
+        raise ValueError(f"not an ONNX backend: {backend!r} (expected one of {', '.join(BACKEND_FILES)})")
+    if device not in (None, "cpu"):
+        raise ValueError(f"the {backend} backend runs on CPU with onnxruntime; device {device!r} needs backend 'torch'")
+    meta = read_meta(folder)
+    path = onnx_file(folder, meta, backend)
+    if not path.is_file():
+        log.warning("%s has no %s: exporting it now (once; `emitlab export-onnx --model %s` does this ahead of time)",
+                    folder, path.name, folder)
+        try:
+            export_onnx(folder, int8=(backend == "onnx-int8"))
+        except OSError as exc:
+            raise RuntimeError(f"could not write {path.name} into {folder} ({exc}); export it elsewhere with "
+                               f"`emitlab export-onnx --model {folder} --out DIR`") from exc
+        meta = read_meta(folder)
+        path = onnx_file(folder, meta, backend)
+    return OnnxBackend(path, name=backend), meta
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+
+
+EPILOG = """\
+examples:
+  emitlab export-onnx --model runs/me5/model
+  emitlab export-onnx --model runs/me5/model.zip --no-int8
+  emitlab predict --model runs/me5/model --backend onnx-int8 "Che bella giornata!"
+
+The graph computes the logits only; sigmoid, thresholds and decoding stay in emitlab, so
+'predict --backend onnx' gives the same probabilities as the torch backend (to ~1e-6)."""
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .inference import META_FILE, resolve_export
+
+    result = export_onnx(Path(args.model), Path(args.out) if args.out else None, int8=not args.no_int8,
+                         opset=args.opset, exporter=args.exporter)
+    for backend, f in result["files"].items():
+        diff = result["sample_max_abs_logit_diff"].get(backend)
+        note = f"  max |logit - torch| {diff:.1e} on sample texts" if diff is not None else ""
+        print(f"{backend:<10} {f['path']}  {f['bytes'] / 2**20:.1f} MiB{note}")
+    print(f"recorded under 'onnx' in {resolve_export(Path(args.model)) / META_FILE} ({result['exporter']} exporter, "
+          f"opset {result['opset']}, {result['seconds']:.1f} s)")
+    return 0
+
+
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    """Add the ``export-onnx`` subcommand to the ``emitlab`` command line."""
+    p = subparsers.add_parser(
+        "export-onnx", help="Export a trained model to ONNX (fp32 + int8) for onnxruntime.",
+        description="Write model.onnx (the network up to the logits, dynamic batch and sequence axes) and "
+                    "model.int8.onnx (int8 dynamic quantisation) for an exported model, and list them in its "
+                    "emitlab.json. Use them with 'emitlab predict --backend onnx|onnx-int8'.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="Export folder or its .zip (runs/<run>/model).")
+    p.add_argument("--out", default=None,
+                   help="Folder for the ONNX files (default: the export folder, where the onnx backends look first).")
+    p.add_argument("--no-int8", action="store_true", help="Skip the int8 quantised copy.")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, at least 17 (default: {DEFAULT_OPSET}).")
+    p.add_argument("--exporter", choices=EXPORTERS, default="auto",
+                   help="torch exporter: torchscript (default via auto), or dynamo (needs onnxscript); "
+                        "auto falls back to dynamo when torchscript fails.")
+    p.set_defaults(func=cmd_export_onnx)
+    return p
+
+
+__all__ = ["BACKENDS", "BACKEND_FILES", "OnnxBackend", "export_onnx", "load_onnx_backend", "quantize_int8", "register_cli"]

@@ -1,0 +1,221 @@
+"""A small HTTP service around an exported :class:`~emitlab.inference.EmotionClassifier`.
+
+    >>> from emitlab.inference import EmotionClassifier
+    >>> app = create_app(EmotionClassifier.from_pretrained("runs/me5/model"))
+    >>> # uvicorn.run(app) -- or: emitlab serve --model runs/me5/model
+
+Endpoints: ``POST /predict`` (one text or a list), ``GET /labels`` (labels, thresholds and
+decoding rules), ``GET /health``, ``GET /`` (a self-contained demo page) and the OpenAPI
+documentation at ``/docs`` and ``/openapi.json``.
+
+The model is CPU-bound, so ``/predict`` is a plain ``def`` endpoint (FastAPI runs it in its
+threadpool, keeping the event loop free) and one lock serialises the forward passes: torch
+already uses every core for one batch, and tokenizer/model state is never shared between two
+requests at once.
+"""
+
+# No ``from __future__ import annotations``: FastAPI must see the request model defined inside
+# create_app as a class, not as a string it cannot resolve from the module's globals.
+
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+DECODING_RULES = {
+    "threshold": "A label is predicted when its probability is >= its threshold (chosen on validation data).",
+    "at_least_one": "When no label reaches its threshold, the label with the largest margin (probability - threshold) is predicted.",
+    "neutral_exclusive": "When Neutral comes with other labels, Neutral alone is kept if its margin beats every other margin, else Neutral is dropped.",
+}
+
+
+# ----------------------------------------------------------------------------- schemas
+
+
+class Prediction(BaseModel):
+    text: str = Field(description="The input text, as sent.")
+    labels: list[str] = Field(description="Predicted labels after thresholds and decoding rules.")
+    probabilities: dict[str, float] = Field(description="Probability per label (sigmoid of the logit), 0..1.")
+
+
+class ModelInfo(BaseModel):
+    name: Optional[str] = Field(None, description="Name of the export (folder or zip name).")
+    task: Optional[str] = Field(None, description="EMit subtask: A (emotions) or B (direction/topic).")
+    base_model: Optional[str] = Field(None, description="Encoder the model was fine-tuned from.")
+    backend: str = Field("torch", description="Inference backend.")
+    n_labels: int
+    max_length: int = Field(description="Texts are truncated to this many tokens.")
+    macro_f1: dict[str, float] = Field(default_factory=dict, description="Macro-F1 at export time, per evaluation set.")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+    model: ModelInfo
+    elapsed_ms: float = Field(description="Server-side time spent on this request.")
+
+
+class LabelsResponse(BaseModel):
+    labels: list[str] = Field(description="Label names, in the model's output order.")
+    thresholds: dict[str, float] = Field(description="Decision threshold per label.")
+    decoding: dict[str, Any] = Field(description="Decoding rules applied after the thresholds (flags and their meaning).")
+    limits: dict[str, int] = Field(description="Request limits: max_texts per request, max_chars per text.")
+    model: ModelInfo
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["ok"])
+    model: ModelInfo
+    uptime_s: float
+    requests_served: int
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="What was wrong with the request.")
+
+
+# ----------------------------------------------------------------------------- app
+
+
+def _model_info(classifier, name: str | None) -> ModelInfo:
+    meta = getattr(classifier, "meta", {}) or {}
+    metrics = meta.get("metrics") or {}
+    return ModelInfo(
+        name=name,
+        task=meta.get("task"),
+        base_model=meta.get("base_model"),
+        backend=str(getattr(classifier, "backend", None) or meta.get("backend") or "torch"),
+        n_labels=len(classifier.label_names),
+        max_length=int(getattr(classifier, "max_length", meta.get("max_length", 0)) or 0),
+        macro_f1={k: round(float(v), 4) for k, v in metrics.items() if isinstance(v, (int, float))},
+    )
+
+
+def index_html() -> str:
+    return resources.files("emitlab.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_name: str | None = None,
+               batch_size: int = 32):
+    """The FastAPI application serving ``classifier`` (an :class:`EmotionClassifier`).
+
+    ``max_texts``: most texts per ``/predict`` request (more: 413). ``max_chars``: longest
+    text in characters (longer: 422 naming the index). ``model_name``: shown in responses.
+    """
+    if max_texts < 1 or max_chars < 1:
+        raise ValueError("max_texts and max_chars must be at least 1")
+    from ..inference import rows_from_probs
+
+    lock = threading.Lock()
+    info = _model_info(classifier, model_name)
+    labels = list(classifier.label_names)
+    decoder = classifier.decoder
+    thresholds = {n: round(float(t), 6) for n, t in zip(labels, decoder.thresholds)}
+    state = {"started": time.time(), "served": 0}
+
+    class PredictRequest(BaseModel):
+        """Either ``text`` (one text) or ``texts`` (a list), not both."""
+
+        model_config = ConfigDict(
+            extra="forbid",
+            json_schema_extra={"examples": [{"text": "Che bella giornata, sono felicissima!"},
+                                            {"texts": ["Che schifo, mi vergogno per loro.", "Ti amo tanto ❤️"]}]},
+        )
+        text: Optional[str] = Field(None, description=f"One text (at most {max_chars} characters).")
+        texts: Optional[list[str]] = Field(
+            None, description=f"A list of 1 to {max_texts} texts, each at most {max_chars} characters.")
+
+    def _texts(req: PredictRequest) -> list[str]:
+        if req.text is not None and req.texts is not None:
+            raise HTTPException(422, "send either 'text' (one string) or 'texts' (a list of strings), not both")
+        if req.text is None and req.texts is None:
+            raise HTTPException(422, "the body needs 'text' (one string) or 'texts' (a list of strings)")
+        if req.text is not None:
+            texts, names = [req.text], ["text"]
+        else:
+            texts = req.texts
+            if not texts:
+                raise HTTPException(422, "'texts' is empty: send at least one text")
+            if len(texts) > max_texts:
+                raise HTTPException(413, f"too many texts: {len(texts)} in one request, at most {max_texts} "
+                                         f"(max_texts); split them into several requests")
+            names = [f"texts[{i}]" for i in range(len(texts))]
+        for name, t in zip(names, texts):
+            if not t.strip():
+                raise HTTPException(422, f"{name} is empty")
+            if len(t) > max_chars:
+                raise HTTPException(422, f"{name} is too long: {len(t)} characters, at most {max_chars} (max_chars)")
+        return texts
+
+    app = FastAPI(
+        title="emitlab emotion classifier",
+        version="1",
+        description=(
+            "Multilabel emotion detection for Italian social-media text (EMit, EVALITA 2023).\n\n"
+            f"Labels: {', '.join(labels)}. `POST /predict` returns per-label probabilities and the labels "
+            "decoded with per-label thresholds (see `GET /labels`). The demo page is at `/`."
+        ),
+    )
+    app.state.classifier = classifier
+
+    @app.post("/predict", response_model=PredictResponse, summary="Classify one or more texts",
+              responses={413: {"model": ErrorResponse, "description": "More than max_texts texts."},
+                         422: {"description": "Empty or too long text, or a malformed body."}})
+    def predict(req: PredictRequest) -> PredictResponse:
+        t0 = time.perf_counter()
+        texts = _texts(req)
+        with lock:
+            probs = classifier.predict_proba(texts, batch_size)
+            pred = classifier.decode(probs)
+            state["served"] += 1
+        rows = rows_from_probs(probs, pred, labels)
+        return PredictResponse(
+            predictions=[Prediction(text=t, **r) for t, r in zip(texts, rows)],
+            model=info,
+            elapsed_ms=round((time.perf_counter() - t0) * 1000, 2),
+        )
+
+    @app.get("/labels", response_model=LabelsResponse, summary="Labels, thresholds and decoding rules")
+    def get_labels() -> LabelsResponse:
+        decoding = {
+            "at_least_one": bool(decoder.at_least_one),
+            "neutral_exclusive": bool(decoder.neutral_exclusive),
+            "rules": [DECODING_RULES["threshold"]]
+            + [DECODING_RULES[k] for k in ("at_least_one", "neutral_exclusive") if getattr(decoder, k)],
+        }
+        return LabelsResponse(labels=labels, thresholds=thresholds, decoding=decoding,
+                              limits={"max_texts": max_texts, "max_chars": max_chars}, model=info)
+
+    @app.get("/health", response_model=HealthResponse, summary="Liveness check")
+    def health() -> HealthResponse:
+        return HealthResponse(status="ok", model=info, uptime_s=round(time.time() - state["started"], 1),
+                              requests_served=state["served"])
+
+    page = index_html()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    return app
+
+
+def load_classifier(model: str | Path, backend: str = "torch", device: str | None = None):
+    """``EmotionClassifier.from_pretrained``, passing ``backend`` only when it is not torch."""
+    from ..inference import EmotionClassifier
+
+    kwargs: dict[str, Any] = {}
+    if device:
+        kwargs["device"] = device
+    if backend and backend != "torch":
+        kwargs["backend"] = backend
+    try:
+        return EmotionClassifier.from_pretrained(model, **kwargs)
+    except TypeError as exc:
+        if "backend" in kwargs and "backend" in str(exc):
+            raise ValueError(f"backend {backend!r} is not supported by this emitlab version (only torch)") from exc
+        raise

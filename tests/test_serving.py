@@ -1,0 +1,278 @@
+"""The HTTP service (FastAPI TestClient) and its demo page (headless Chromium via Playwright),
+on a tiny BERT trained for a few seconds on made-up data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from emitlab.cli import main  # noqa: E402
+from emitlab.serving.app import create_app, load_classifier  # noqa: E402
+
+from synthetic import write_emit_folder  # noqa: E402
+from tiny import build_tiny_bert  # noqa: E402
+
+TRAIN_ARGS = ["--epochs", "1", "--batch-size", "16", "--learning-rate", "3e-3", "--head-learning-rate", "1e-2",
+              "--max-length", "48", "--report-to", "none", "--no-freeze-word-embeddings", "--logging-steps", "5"]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    tiny = build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+    data = write_emit_folder(tmp_path_factory.mktemp("emit"), n_train=120, n_test=20)
+    out = tmp_path_factory.mktemp("runs") / "train"
+    assert main(["-q", "train", "--data", str(data), "--model", str(tiny), "--out", str(out)] + TRAIN_ARGS) == 0
+    return out / "model"
+
+
+@pytest.fixture(scope="module")
+def classifier(export_dir):
+    return load_classifier(export_dir)
+
+
+@pytest.fixture(scope="module")
+def client(classifier):
+    app = create_app(classifier, max_texts=4, max_chars=50, model_name="tiny")
+    with TestClient(app) as c:
+        yield c
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def test_predict_one_text(client, classifier):
+    r = client.post("/predict", json={"text": "felice evviva"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["predictions"]) == 1
+    pred = body["predictions"][0]
+    assert pred["text"] == "felice evviva"
+    assert list(pred["probabilities"]) == classifier.label_names
+    assert all(0.0 <= p <= 1.0 for p in pred["probabilities"].values())
+    assert set(pred["labels"]) <= set(classifier.label_names)
+    assert body["model"]["name"] == "tiny" and body["model"]["n_labels"] == 10 and body["model"]["task"] == "A"
+    assert body["model"]["backend"] == "torch"
+    # same answer as the Python API
+    direct = classifier.predict("felice evviva")[0]
+    assert pred["labels"] == direct["labels"]
+    assert pred["probabilities"] == pytest.approx(direct["probabilities"], abs=1e-6)
+
+
+def test_predict_many_texts_keeps_order(client):
+    texts = ["che paura terrore", "amore cuore 😂", "x", "rabbia furioso oggi"]
+    r = client.post("/predict", json={"texts": texts})
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert [p["text"] for p in preds] == texts
+    single = client.post("/predict", json={"text": texts[1]}).json()["predictions"][0]
+    assert single["probabilities"] == pytest.approx(preds[1]["probabilities"], abs=1e-5)
+
+
+def test_labels_and_health(client, classifier, export_dir):
+    r = client.get("/labels")
+    assert r.status_code == 200
+    body = r.json()
+    meta = json.loads((export_dir / "emitlab.json").read_text())
+    assert body["labels"] == meta["labels"] == classifier.label_names
+    assert body["thresholds"] == pytest.approx(dict(zip(meta["labels"], meta["decoder"]["thresholds"])), abs=1e-6)
+    assert body["decoding"]["at_least_one"] == meta["decoder"]["at_least_one"]
+    assert body["decoding"]["neutral_exclusive"] == meta["decoder"]["neutral_exclusive"]
+    assert body["decoding"]["rules"] and "threshold" in body["decoding"]["rules"][0]
+    assert body["limits"] == {"max_texts": 4, "max_chars": 50}
+    h = client.get("/health")
+    assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["model"]["n_labels"] == 10
+
+
+@pytest.mark.parametrize("payload, status, words", [
+    ({"texts": ["a", "b", "c", "d", "e"]}, 413, ["too many texts", "5", "4"]),
+    ({"texts": ["ok", "x" * 51]}, 422, ["texts[1]", "51", "50"]),
+    ({"text": "y" * 51}, 422, ["text", "51", "50"]),
+    ({"texts": []}, 422, ["empty"]),
+    ({"text": ""}, 422, ["empty"]),
+    ({"texts": ["ok", "   "]}, 422, ["texts[1]", "empty"]),
+    ({}, 422, ["text", "texts"]),
+    ({"text": "a", "texts": ["b"]}, 422, ["not both"]),
+])
+def test_limits_give_clear_errors(client, payload, status, words):
+    r = client.post("/predict", json=payload)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert isinstance(detail, str)
+    for w in words:
+        assert w in detail, (w, detail)
+
+
+def test_malformed_bodies_are_422(client):
+    assert client.post("/predict", json={"texts": "not a list"}).status_code == 422
+    assert client.post("/predict", json={"texts": [1, 2]}).status_code == 422
+    assert client.post("/predict", json={"txt": "typo"}).status_code == 422
+    assert client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_openapi_and_docs(client):
+    spec = client.get("/openapi.json").json()
+    assert "post" in spec["paths"]["/predict"]
+    assert {"/labels", "/health"} <= set(spec["paths"]) and "/" not in spec["paths"]
+    schemas = spec["components"]["schemas"]
+    assert {"PredictRequest", "PredictResponse", "Prediction", "LabelsResponse"} <= set(schemas)
+    assert "1 to 4 texts" in schemas["PredictRequest"]["properties"]["texts"]["description"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_index_page_is_self_contained(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    for needle in ('id="text"', 'id="submit"', "fetch(\"/predict\"", "fetch(\"/labels\"", "<style>", "<script>"):
+        assert needle in html
+    assert "http://" not in html and "https://" not in html  # no CDN
+
+
+def test_concurrent_requests(client):
+    texts = [["felice evviva"], ["triste lacrime", "paura"], ["amore cuore"]] * 4
+    expected = [client.post("/predict", json={"texts": t}).json()["predictions"] for t in texts[:3]]
+    results: list = [None] * len(texts)
+
+    def worker(i):
+        results[i] = client.post("/predict", json={"texts": texts[i]})
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, r in enumerate(results):
+        assert r.status_code == 200
+        got = r.json()["predictions"]
+        assert [p["labels"] for p in got] == [p["labels"] for p in expected[i % 3]]
+
+
+def test_serve_cli_registration():
+    import argparse
+
+    from emitlab.serving.cli import cmd_serve, register_cli
+
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--model", "m.zip", "--port", "9001", "--backend", "onnx", "--max-texts", "8"])
+    assert (args.model, args.host, args.port, args.backend, args.max_texts, args.max_chars) == \
+        ("m.zip", "127.0.0.1", 9001, "onnx", 8, 2000)
+    assert args.func is cmd_serve
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--model", "m", "--max-texts", "0"])
+
+
+# ----------------------------------------------------------------------------- browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(classifier):
+    import uvicorn
+
+    port = _free_port()
+    app = create_app(classifier, model_name="tiny")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_demo_page_in_headless_chromium(live_server, classifier, tmp_path):
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip(f"{CHROMIUM} not found (install it with: apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+
+    problems: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+                                     args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+            page.goto(live_server + "/", wait_until="networkidle")
+            assert "Emozioni" in page.title()
+            page.fill("#text", "Che bella giornata, sono felice evviva! Ti voglio bene, amore cuore ❤️")
+            page.click("#submit")
+            page.wait_for_selector(".result .bar[data-label=Joy]")
+            page.wait_for_function("document.querySelectorAll('.result .bar').length === 10")
+            page.wait_for_timeout(500)  # let the width transition finish before measuring
+
+            labels = classifier.label_names
+            bars = page.locator(".result .bar")
+            assert bars.count() == 10
+            for label in labels:
+                bar = page.locator(f".result .bar[data-label={label}]")
+                box = bar.bounding_box()
+                assert box is not None and box["width"] > 0, label
+                mark = page.locator(f".result .threshold[data-label={label}]")
+                assert mark.count() == 1, label
+                mbox = mark.bounding_box()
+                assert mbox is not None and mbox["height"] > 0, label
+            # the predicted labels are highlighted and match the API
+            expected = classifier.predict("Che bella giornata, sono felice evviva! Ti voglio bene, amore cuore ❤️")[0]
+            highlighted = page.eval_on_selector_all(".result .row.predicted", "rows => rows.map(r => r.dataset.label)")
+            assert sorted(highlighted) == sorted(expected["labels"])
+            assert page.locator(".result .chip").count() == len(expected["labels"])
+            assert not page.locator("#error").is_visible()
+
+            # an error from the API is shown on the page, not swallowed
+            page.fill("#text", "z" * 2100)
+            with page.expect_response("**/predict") as resp:
+                page.click("#submit")
+            assert resp.value.status == 422
+            page.wait_for_selector("#error.show")
+            assert "2000" in page.inner_text("#error")
+            page.fill("#text", "Che bella giornata, sono felice evviva! Ti voglio bene, amore cuore ❤️")
+            with page.expect_response("**/predict") as resp:
+                page.click("#submit")
+            assert resp.value.status == 200
+            page.wait_for_selector("#submit:enabled")
+            assert not page.locator("#error").is_visible()
+            page.wait_for_timeout(500)
+
+            shot = tmp_path / "demo.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.is_file() and shot.stat().st_size > 5000
+    # the 422 of the deliberate too-long text is logged by Chromium as a failed resource load
+    problems = [p for p in problems if not ("422" in p and "Failed to load resource" in p)]
+    assert not problems, problems
+
+
+def test_load_classifier_passes_backend_only_when_not_torch(monkeypatch):
+    from emitlab.inference import EmotionClassifier
+
+    calls = []
+    monkeypatch.setattr(EmotionClassifier, "from_pretrained", classmethod(lambda cls, path, **kw: calls.append(kw) or "clf"))
+    assert load_classifier("m") == "clf" and load_classifier("m", backend="onnx-int8", device="cpu") == "clf"
+    assert calls == [{}, {"device": "cpu", "backend": "onnx-int8"}]
