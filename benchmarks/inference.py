@@ -318,6 +318,27 @@ def ensure_onnx(model: Path, backends: list[str]) -> dict | None:
     return {"exported": missing, "seconds": round(seconds, 1), "exporter": result["exporter"]}
 
 
+def transformer_only_export(run_dir: Path) -> Path:
+    """From an ``emitlab run`` folder whose export is the ensemble, make ``model-transformer``:
+    the same files without the TF-IDF part, decoded with the transformer's own calibration (from
+    the run's metrics.json), so that every backend, the HF pipeline included, runs the same network."""
+    import json
+    import shutil
+
+    src, dest = run_dir / "model", run_dir / "model-transformer"
+    if not dest.is_dir():
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("baseline.joblib", "*.onnx"))
+        meta = json.loads((dest / "emitlab.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())["models"]["transformer"]
+        meta.pop("ensemble", None)
+        meta.pop("onnx", None)
+        meta["model_kind"] = "transformer"
+        meta["decoder"] = metrics["calibration"]["decoder"]
+        meta["metrics"] = {k: metrics[k]["macro_f1"] for k in ("validation", "test") if k in metrics}
+        (dest / "emitlab.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    return dest
+
+
 def default_data() -> Path:
     env = os.environ.get("EMITLAB_DATA")
     return Path(env) if env else REPO.parent / "shared" / "data" / "emit"
@@ -327,6 +348,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="See the module docstring for how the HF pipeline baseline is built.")
     p.add_argument("--model", type=Path, default=REPO / "runs" / "me5" / "model", help="Export folder (default: runs/me5/model).")
+    p.add_argument("--run", type=Path, default=None,
+                   help="An `emitlab run` folder: benchmark its transformer alone (a copy of its export without the "
+                        "TF-IDF part of the ensemble), instead of --model.")
     p.add_argument("--data", type=Path, default=None,
                    help="emit_test.csv or the folder holding it (default: $EMITLAB_DATA or ../shared/data/emit).")
     p.add_argument("--limit", type=int, default=None, help="Only the first N texts (a quick check).")
@@ -362,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = resolve_export(args.model)
+    model = transformer_only_export(args.run) if args.run else resolve_export(args.model)
     label_names = list(read_meta(model)["labels"])
     gold = load_gold(args.data or default_data(), label_names, args.limit)
     export = ensure_onnx(model, args.backends)

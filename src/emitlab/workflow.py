@@ -22,7 +22,7 @@ log = logging.getLogger("emitlab")
 #: Settings a profile puts in place of the defaults (a config file and flags still win).
 PROFILES: dict[str, dict[str, dict]] = {
     "full": {},
-    "quick": {"train": {"max_steps": 120, "max_length": 64, "eval_steps": 60, "early_stopping_patience": 0,
+    "quick": {"train": {"max_steps": 60, "max_length": 64, "eval_steps": 60, "early_stopping_patience": 0,
                         "logging_steps": 10, "warmup_ratio": 0.1, "learning_rate": 2e-4}},
 }
 
