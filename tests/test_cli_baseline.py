@@ -12,12 +12,6 @@ from matplotlib import image
 from emitlab.cli import main
 from emitlab.labels import TASK_A_LABELS
 
-from synthetic import write_emit_folder
-
-
-@pytest.fixture(scope="module")
-def emit_folder(tmp_path_factory):
-    return write_emit_folder(tmp_path_factory.mktemp("emit"))
 
 
 @pytest.mark.parametrize("task,labels", [("A", TASK_A_LABELS), ("B", ["Direction", "Topic"])])

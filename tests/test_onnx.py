@@ -25,19 +25,17 @@ from emitlab.onnx_export import ONNX_FILE, ONNX_INT8_FILE, export_onnx
 from conftest import emit_dir
 from synthetic import make_rows, write_emit_folder
 from test_train_tiny import TRAIN_ARGS
-from tiny import build_tiny_bert
 
 PARITY_TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def trained_model(tmp_path_factory) -> Path:
+def trained_model(tmp_path_factory, tiny_model) -> Path:
     """A tiny BERT fine-tuned for a few steps and exported (``<run>/model``)."""
     root = tmp_path_factory.mktemp("onnx")
-    tiny = build_tiny_bert(root / "tiny-bert")
     data = write_emit_folder(root / "emit", n_train=120, n_test=30)
     out = root / "run"
-    args = ["-q", "train", "--data", str(data), "--model", str(tiny), "--out", str(out), "--max-steps", "6",
+    args = ["-q", "train", "--data", str(data), "--model", str(tiny_model), "--out", str(out), "--max-steps", "6",
             "--eval-steps", "3", "--early-stopping-patience", "0"] + TRAIN_ARGS
     assert main(args) == 0
     return out / "model"

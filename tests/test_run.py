@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,21 +15,9 @@ import pytest
 from emitlab.cli import main
 from emitlab.inference import EmotionClassifier
 
-from synthetic import write_emit_folder
-from tiny import build_tiny_bert
 
 TINY = ["--epochs", "3", "--learning-rate", "3e-3", "--head-learning-rate", "1e-2", "--max-length", "48",
         "--no-freeze-word-embeddings", "--logging-steps", "5"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def emit_folder(tmp_path_factory):
-    return write_emit_folder(tmp_path_factory.mktemp("emit"))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from emitlab.cli import main  # noqa: E402
 from emitlab.serving.app import create_app, load_classifier  # noqa: E402
 
 from synthetic import write_emit_folder  # noqa: E402
-from tiny import build_tiny_bert  # noqa: E402
 
 TRAIN_ARGS = ["--epochs", "1", "--batch-size", "16", "--learning-rate", "3e-3", "--head-learning-rate", "1e-2",
               "--max-length", "48", "--report-to", "none", "--no-freeze-word-embeddings", "--logging-steps", "5"]
@@ -31,11 +30,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> Path:
-    tiny = build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+def export_dir(tmp_path_factory, tiny_model) -> Path:
     data = write_emit_folder(tmp_path_factory.mktemp("emit"), n_train=120, n_test=20)
     out = tmp_path_factory.mktemp("runs") / "train"
-    assert main(["-q", "train", "--data", str(data), "--model", str(tiny), "--out", str(out)] + TRAIN_ARGS) == 0
+    assert main(["-q", "train", "--data", str(data), "--model", str(tiny_model), "--out", str(out)] + TRAIN_ARGS) == 0
     return out / "model"
 
 

@@ -14,21 +14,9 @@ import pytest
 from emitlab.cli import main
 from emitlab.inference import EmotionClassifier
 
-from synthetic import write_emit_folder
-from tiny import build_tiny_bert
 
 TRAIN_ARGS = ["--epochs", "3", "--batch-size", "16", "--learning-rate", "3e-3", "--head-learning-rate", "1e-2",
               "--max-length", "48", "--report-to", "none", "--no-freeze-word-embeddings", "--logging-steps", "5"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
-def emit_folder(tmp_path_factory):
-    return write_emit_folder(tmp_path_factory.mktemp("emit"))
 
 
 @pytest.fixture(scope="module")

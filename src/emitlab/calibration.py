@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .labels import NEUTRAL
-from .metrics import macro_f1
 
 DEFAULT_THRESHOLD = 0.5
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -311,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (DataError, RunExistsError, FileNotFoundError, ValueError) as exc:
-        print(f"emitlab: error: {exc}", file=sys.stderr)
+        if os.environ.get("EMITLAB_DEBUG"):
+            raise
+        hint = "" if isinstance(exc, (DataError, RunExistsError)) else " (EMITLAB_DEBUG=1 shows the traceback)"
+        print(f"emitlab: error: {exc}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("emitlab: interrupted", file=sys.stderr)

@@ -38,7 +38,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable
 
 # torch, numpy, onnxruntime and emitlab.inference are imported where they are used: the CLI
 # builds its parser (and so imports this module) on every call and must stay quick.

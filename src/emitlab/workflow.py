@@ -3,10 +3,8 @@ evaluation -> ensemble -> submissions -> export -> report, in one run folder."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
