@@ -52,6 +52,15 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
+def eval_history(run_dir: Path) -> list[dict]:
+    """Validation macro-F1 (at 0.5) per evaluation, from the run's trainer_log.json."""
+    path = run_dir / "trainer_log.json"
+    if not path.is_file():
+        return []
+    return [{"epoch": h.get("epoch"), "step": h.get("step"), "eval_macro_f1": h["eval_macro_f1"]}
+            for h in json.loads(path.read_text()) if "eval_macro_f1" in h]
+
+
 def main() -> int:
     if "--" not in sys.argv or sys.argv.index("--") != 2:
         print(__doc__)
@@ -68,7 +77,7 @@ def main() -> int:
     config = json.loads((out / "config.json").read_text())
     config.pop("versions", None)
     path = write_result(name, {"command": " ".join(command), "wall_seconds": round(wall, 1), "settings": config,
-                               "metrics": metrics})
+                               "eval_history": eval_history(out), "metrics": metrics})
     print(f"result written to {path}")
     return 0
 

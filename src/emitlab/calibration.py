@@ -161,6 +161,12 @@ class CalibrationReport:
     #: other half, averaged over repeats: the honest estimate used to choose
     validation_heldout_macro_f1: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def selection_score(self) -> float:
+        """The chosen variant's held-out validation macro-F1 (in-sample when nothing was searched):
+        the score used to compare models and ensemble weights."""
+        return self.validation_heldout_macro_f1.get(self.chosen, self.validation_macro_f1[self.chosen])
+
     def to_dict(self) -> dict:
         return {
             "chosen": self.chosen,

@@ -43,7 +43,7 @@ def choose_ensemble_weight(y_val: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, 
     scores = []
     for w in weights:
         rep = calibrate(y_val, (1 - w) * p_a + w * p_b, label_names, cal.thresholds, cal.structure, cal.repeats)
-        scores.append(rep.validation_heldout_macro_f1.get(rep.chosen, rep.validation_macro_f1[rep.chosen]))
+        scores.append(rep.selection_score)
     best = int(np.argmax(scores))
     return float(weights[best]), {"weights": weights.tolist(), "validation_heldout_macro_f1": scores}
 
@@ -95,9 +95,7 @@ def run_all(data: EmitData, train: TextDataset, val: TextDataset, clean: TextCle
         scored["ensemble"].metrics["weight_on_transformer"] = w
         timings["calibration"] = time.time() - t
 
-    best = max(scored, key=lambda m: (scored[m].calibration.validation_heldout_macro_f1 or
-                                      scored[m].calibration.validation_macro_f1).get(scored[m].calibration.chosen,
-                                      scored[m].metrics["validation"]["macro_f1"]))
+    best = max(scored, key=lambda m: scored[m].calibration.selection_score)
     for name, s in scored.items():
         write_submissions(run, s, sets, data.task, prefix=f"{name}_")
     write_submissions(run, scored[best], sets, data.task)
