@@ -148,10 +148,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .data.cleaning import CleaningConfig
-    from .inference import EmotionClassifier, export_meta, write_export
     from .pipeline import score_model
     from .settings import CalibrationConfig, DataConfig, TrainConfig
     from .training import train_transformer
+    from .workflow import export_model
 
     classes = [DataConfig, CleaningConfig, TrainConfig, CalibrationConfig]
     cfgs, data, run, train, val, clean = _prepare(args, classes, "train")
@@ -159,12 +159,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     sets = data.prediction_sets
     trained = train_transformer(tcfg, train, val, sets, clean, run, cfgs[DataConfig].seed, resume=args.resume)
     scored = score_model(tcfg.model, data.label_names, trained.p_val, val.labels, sets, trained.probs, cfgs[CalibrationConfig])
-    meta = export_meta(data.task, data.label_names, scored, clean, trained.input_prefix, tcfg, trained.stats)
-    export = write_export(run / "model", trained.model, trained.tokenizer, meta)
-    reloaded = EmotionClassifier.from_pretrained(export)
-    diff = float(np.abs(reloaded.predict_proba(val.texts, tcfg.eval_batch_size) - trained.p_val).max())
-    log.info("export %s (+ .zip); reloaded model's validation probabilities differ by at most %.2e", export, diff)
-    _finish(run, scored, data, {"training": trained.stats, "export": {"path": str(export), "reload_max_abs_diff": diff},
+    export = export_model(run, data, scored, trained, clean, tcfg, val)
+    _finish(run, scored, data, {"training": trained.stats, "export": export,
                                 "timings_s": {"total": round(time.time() - run.started, 1)}})
     run.close()
     return 0

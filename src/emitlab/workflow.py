@@ -145,9 +145,16 @@ def export_best(run: RunDir, data: EmitData, scored: dict[str, ScoredModel], bes
                 tcfg: TrainConfig, val: TextDataset) -> dict:
     """Export the transformer; when the ensemble is best, the export carries the baseline and
     the weight too, so that the exported model predicts what the report shows."""
+    chosen = scored[best] if best in ("transformer", "ensemble") else scored["transformer"]
+    return export_model(run, data, chosen, trained, clean, tcfg, val)
+
+
+def export_model(run: RunDir, data: EmitData, chosen: ScoredModel, trained, clean: TextCleaner, tcfg: TrainConfig,
+                 val: TextDataset) -> dict:
+    """Write ``run/model`` (+ .zip) for ``chosen`` (the transformer, or the ensemble with the
+    run's baseline), reload it and record how far its validation probabilities drift."""
     from .inference import EmotionClassifier, export_meta, write_export
 
-    chosen = scored[best] if best in ("transformer", "ensemble") else scored["transformer"]
     extra = {}
     ensemble = None
     if chosen.name == "ensemble":
