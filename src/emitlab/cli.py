@@ -82,102 +82,62 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare(args: argparse.Namespace, classes: list[type], command: str):
-    """Settings, data, run folder, split and cleaner: what every training command starts with."""
-    from .data.cleaning import CleaningConfig, TextCleaner
-    from .data.split import load_split
-    from .pipeline import load_data, split_and_save
-    from .settings import DataConfig
+def _prepare(args: argparse.Namespace, classes: list[type], command: str, defaults: dict | None = None):
+    """Settings (defaults <- command defaults <- profile <- config file <- flags), data and run folder."""
+    from .jobs import load_data
     from .runs import RunDir, default_run_dir
+    from .settings import PROFILES, DataConfig
 
     file_data = read_config_file(args.config) if args.config else {}
     profile = vars(args).get("run.profile") or (file_data.get("run") or {}).get("profile")
-    if profile:
-        from .workflow import PROFILES
-
-        merged = {sec: dict(values) for sec, values in PROFILES[profile].items()}
-        for sec, values in file_data.items():
+    merged = {sec: dict(values) for sec, values in (defaults or {}).items()}
+    for layer in ([PROFILES[profile]] if profile else []) + [file_data]:
+        for sec, values in layer.items():
             merged.setdefault(sec, {}).update(values or {})
-        file_data = merged
-    cfgs = build_configs(args, classes, file_data)
+    cfgs = build_configs(args, classes, merged)
     data = load_data(cfgs[DataConfig])
     resume = getattr(args, "resume", False)
     run = RunDir(args.out or default_run_dir(command), overwrite=args.overwrite, resume=resume)
     for w in data.warnings:
         log.warning(w)
-    if resume and (run / "split.json").is_file():
-        train, val = load_split(run / "split.json", data.train)
-    else:
-        train, val = split_and_save(data, cfgs[DataConfig], run)
     run.save_config(sys.argv, [cfgs[c] for c in classes])
-    return cfgs, data, run, train, val, TextCleaner(cfgs[CleaningConfig])
+    return cfgs, data, run
 
 
-def _finish(run, scored, data, extra: dict) -> None:
-    from .pipeline import summary_line, write_submissions
+def _job_settings() -> list[type]:
+    from .data.cleaning import CleaningConfig
+    from .settings import (CalibrationConfig, DataConfig, EnsembleConfig, LexiconConfig, RunConfig, TfidfConfig,
+                           TrainConfig)
 
-    scored.metrics["task"] = data.task
-    scored.metrics.update(extra)
-    run.write_json("metrics.json", scored.metrics)
-    write_submissions(run, scored, data.prediction_sets, data.task)
-    log.info(summary_line(scored.metrics))
-    print(summary_line(scored.metrics))
-    print(f"run folder: {run.path}")
+    return [RunConfig, DataConfig, CleaningConfig, TfidfConfig, LexiconConfig, TrainConfig, CalibrationConfig,
+            EnsembleConfig]
+
+
+def _job(args: argparse.Namespace, command: str, members: list[str] | None, defaults: dict) -> int:
+    from .jobs import run_engine, summary_table
+    from .settings import RunConfig
+
+    cfgs, data, run = _prepare(args, _job_settings(), command, defaults)
+    run_cfg = cfgs[RunConfig]
+    metrics = run_engine(data, cfgs, run, members or run_cfg.members, resume=getattr(args, "resume", False),
+                         export=command != "baseline" or args.export, report=run_cfg.report,
+                         stats=command == "run")
+    print(summary_table(metrics))
+    print(f"run folder: {run.path}" + ("  (report: report.html)" if run_cfg.report else ""))
+    run.close()
+    return 0
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from .data.cleaning import CleaningConfig
-    from .models.baseline import TfidfBaseline
-    from .pipeline import score_model
-    from .settings import BaselineConfig, CalibrationConfig, DataConfig
-
-    classes = [DataConfig, CleaningConfig, BaselineConfig, CalibrationConfig]
-    cfgs, data, run, train, val, clean = _prepare(args, classes, "baseline")
-    t0 = time.time()
-    model = TfidfBaseline(cfgs[BaselineConfig]).fit(clean.clean_many(train.texts), train.labels)
-    fit_s = time.time() - t0
-    sets = data.prediction_sets
-    probs = {name: model.predict_proba(clean.clean_many(ds.texts)) for name, ds in sets.items()}
-    p_val = model.predict_proba(clean.clean_many(val.texts))
-    scored = score_model("tfidf-logreg", data.label_names, p_val, val.labels, sets, probs, cfgs[CalibrationConfig])
-    model.save(run / "baseline.joblib")
-    _finish(run, scored, data, {"timings_s": {"fit": round(fit_s, 2), "total": round(time.time() - run.started, 2)}})
-    run.close()
-    return 0
+    return _job(args, "baseline", ["tfidf"], {"run": {"report": False}})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data.cleaning import CleaningConfig
-    from .pipeline import score_model
-    from .settings import CalibrationConfig, DataConfig, TrainConfig
-    from .training import train_transformer
-    from .workflow import export_model
-
-    classes = [DataConfig, CleaningConfig, TrainConfig, CalibrationConfig]
-    cfgs, data, run, train, val, clean = _prepare(args, classes, "train")
-    tcfg = cfgs[TrainConfig]
-    sets = data.prediction_sets
-    trained = train_transformer(tcfg, train, val, sets, clean, run, cfgs[DataConfig].seed, resume=args.resume)
-    scored = score_model(tcfg.model, data.label_names, trained.p_val, val.labels, sets, trained.probs, cfgs[CalibrationConfig])
-    export = export_model(run, data, scored, trained, clean, tcfg, val)
-    _finish(run, scored, data, {"training": trained.stats, "export": export,
-                                "timings_s": {"total": round(time.time() - run.started, 1)}})
-    run.close()
-    return 0
+    return _job(args, "train", ["transformer"], {"run": {"folds": 1, "report": False}})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .data.cleaning import CleaningConfig
-    from .settings import BaselineConfig, CalibrationConfig, DataConfig, RunConfig, TrainConfig
-    from .workflow import run_all, summary_table
-
-    classes = [DataConfig, CleaningConfig, BaselineConfig, TrainConfig, CalibrationConfig, RunConfig]
-    cfgs, data, run, train, val, clean = _prepare(args, classes, "run")
-    metrics = run_all(data, train, val, clean, run, cfgs, cfgs[DataConfig].seed, resume=args.resume)
-    print(summary_table(metrics))
-    print(f"run folder: {run.path}" + ("  (report: report.html)" if cfgs[RunConfig].report else ""))
-    run.close()
-    return 0
+    return _job(args, "run", None, {})
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -218,7 +178,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .data.cleaning import CleaningConfig
-    from .settings import BaselineConfig, CalibrationConfig, DataConfig, RunConfig, TrainConfig
+    from .settings import (CalibrationConfig, DataConfig, EnsembleConfig, LexiconConfig, RunConfig, TfidfConfig,
+                           TrainConfig)
 
     parser = argparse.ArgumentParser(
         prog="emitlab",
@@ -243,25 +204,27 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_data_validate)
     data.set_defaults(func=lambda a: (data.print_help(), 1)[1])
 
-    base = sub.add_parser("baseline", help="TF-IDF word+char n-grams with balanced logistic regression; calibrate, evaluate, submit.",
+    base = sub.add_parser("baseline", help="TF-IDF word+char n-grams with balanced logistic regression, cross-fitted (--folds); calibrate, evaluate, submit.",
                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for cls in (DataConfig, CleaningConfig, BaselineConfig, CalibrationConfig):
+    for cls in (RunConfig, DataConfig, CleaningConfig, TfidfConfig, CalibrationConfig):
         add_dataclass_arguments(base, cls)
     _run_options(base, "baseline")
+    base.add_argument("--export", action="store_true", help="Also export the model (run/model + .zip).")
     base.set_defaults(func=cmd_baseline)
 
-    train = sub.add_parser("train", help="Fine-tune a transformer encoder (default me5-small); calibrate, evaluate, submit, export.",
+    train = sub.add_parser("train", help="Fine-tune a transformer encoder (default me5-small; 90/10 split unless --folds K); calibrate, evaluate, submit, export.",
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for cls in (DataConfig, CleaningConfig, TrainConfig, CalibrationConfig):
+    for cls in (RunConfig, DataConfig, CleaningConfig, TrainConfig, CalibrationConfig):
         add_dataclass_arguments(train, cls)
     _run_options(train, "train")
     train.add_argument("--resume", action="store_true", help="Continue an interrupted run in --out from its last checkpoint.")
     train.set_defaults(func=cmd_train)
 
-    run = sub.add_parser("run", help="The main job: stats, split, baseline, fine-tuning, ensemble, calibration, evaluation, "
-                                     "submissions, export and an HTML report.",
+    run = sub.add_parser("run", help="The main job: stats, cross-fitted members (TF-IDF, lexicon, transformer), nested choice of "
+                                     "the combination and calibration, evaluation, submissions, export and an HTML report.",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for cls in (RunConfig, DataConfig, CleaningConfig, BaselineConfig, TrainConfig, CalibrationConfig):
+    for cls in (RunConfig, DataConfig, CleaningConfig, TfidfConfig, LexiconConfig, TrainConfig, CalibrationConfig,
+                EnsembleConfig):
         add_dataclass_arguments(run, cls)
     _run_options(run, "run")
     run.add_argument("--resume", action="store_true", help="Continue an interrupted run in --out from its last checkpoint.")

@@ -1,10 +1,10 @@
-"""ONNX export of a trained model and an onnxruntime backend for :class:`~emitlab.inference.EmotionClassifier`.
+"""ONNX export of the transformer members of a trained model, and an onnxruntime backend for them.
 
-    emitlab export-onnx --model runs/me5/model            # model.onnx + model.int8.onnx
-    emitlab predict --model runs/me5/model --backend onnx-int8 "Che bella giornata!"
+    emitlab export-onnx --model runs/full/model          # model.onnx + model.int8.onnx per network
+    emitlab predict --model runs/full/model --backend onnx-int8 "Che bella giornata!"
 
-    >>> export_onnx(Path("runs/me5/model"))
-    >>> EmotionClassifier.from_pretrained("runs/me5/model", backend="onnx")
+    >>> export_onnx(Path("runs/full/model"))
+    >>> EmotionClassifier.from_pretrained("runs/full/model", backend="onnx")
 
 The graph holds the network up to the **logits** only (encoder, pooling, linear layer). The
 sigmoid, the thresholds and the decoding rules stay in Python, so that every backend shares them
@@ -16,8 +16,10 @@ the output is ``logits`` (float32, ``(batch, n_labels)``).
 activations quantised on the fly): about a quarter of the size and usually faster on CPU, at
 the price of slightly different probabilities (``benchmarks/inference.py`` measures both).
 
-The files are written beside the export by default and listed under ``"onnx"`` in its
-``emitlab.json`` with their sizes and the largest logit difference from torch measured at export.
+Each transformer fold model of an export is a network folder (``members/transformer/fold-<i>``);
+its files are written into that folder by default and listed under ``"onnx"`` in its
+``network.json`` with their sizes and the largest logit difference from torch measured at export.
+The cheap members (TF-IDF, lexicon) need no ONNX: they are a sparse product in numpy.
 
 Exporter: torch 2.13 has two. The TorchScript tracer (``torch.onnx.export(..., dynamo=False)``)
 needs nothing beyond torch, exports a BERT in about a second and gives a graph whose batch and
@@ -40,17 +42,16 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-# torch, numpy, onnxruntime and emitlab.inference are imported where they are used: the CLI
+# torch, numpy, onnxruntime and the members are imported where they are used: the CLI
 # builds its parser (and so imports this module) on every call and must stay quick.
 if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-    from .inference import EmotionClassifier
+    from .members.transformer import EncoderPredictor
 
 log = logging.getLogger("emitlab")
 
-BACKENDS = ("torch", "onnx", "onnx-int8")  # as emitlab.inference.BACKENDS
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 #: backend name -> default file name in the export folder
@@ -89,29 +90,52 @@ def logits_only(model: "nn.Module") -> "nn.Module":
 
 
 def export_onnx(model_dir: Path, out: Path | None = None, int8: bool = True, opset: int = DEFAULT_OPSET,
-                exporter: str = "auto") -> dict:
-    """Export ``model_dir`` (an export folder or its .zip) to ``<out>/model.onnx`` and, with
-    ``int8``, ``<out>/model.int8.onnx``; ``out`` defaults to the export folder itself.
+                exporter: str = "auto") -> list[dict]:
+    """Export every transformer network of ``model_dir`` (an export folder or its .zip, or one
+    network folder) to ``model.onnx`` and, with ``int8``, ``model.int8.onnx`` inside that
+    network's folder (or under ``out/<member>/fold-<i>``). Returns one entry per network."""
+    folders = network_folders(model_dir)
+    if not folders:
+        raise ValueError(f"{model_dir}: no transformer member to export (the cheap members run in numpy)")
+    results = []
+    for rel, folder in folders:
+        dest = (Path(out) / rel) if out is not None else folder
+        results.append(export_network_onnx(folder, dest, int8, opset, exporter) | {"network": rel})
+    return results
 
-    Every file is written to a temporary name and renamed into place. The export's
-    ``emitlab.json`` gets an ``"onnx"`` entry listing the files present (read-modify-write,
-    replaced atomically). Returns that entry, with absolute ``path`` fields added.
-    """
+
+def network_folders(path: Path) -> list[tuple[str, Path]]:
+    """``(relative name, folder)`` of every transformer network in an export, or the folder itself."""
+    from .members.transformer import NETWORK_FILE
+
+    path = Path(path)
+    if (path / NETWORK_FILE).is_file():
+        return [(".", path)]
+    from .export import read_meta, resolve_export
+
+    folder = resolve_export(path)
+    meta = read_meta(folder)
+    return [(fold["path"], folder / fold["path"]) for m in meta["members"] if m["kind"] == "transformer"
+            for fold in m["folds"]]
+
+
+def export_network_onnx(folder: Path, out_dir: Path, int8: bool = True, opset: int = DEFAULT_OPSET,
+                        exporter: str = "auto") -> dict:
+    """Export one network folder. Every file is written to a temporary name and renamed into
+    place; the folder's ``network.json`` gets an ``"onnx"`` entry listing the files present."""
     import torch
 
-    from .inference import MODEL_INPUTS, EmotionClassifier, resolve_export
+    from .members.transformer import MODEL_INPUTS, load_predictor
 
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
     if opset < 17:
         raise ValueError(f"opset must be at least 17 (LayerNormalization), got {opset}")
-    folder = resolve_export(model_dir)
-    out_dir = Path(out) if out is not None else folder
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    clf = EmotionClassifier.from_pretrained(folder)  # torch backend, CPU
-    model = clf.model.float().eval()
-    (_, sample), = list(clf.padded_batches(_SAMPLE_TEXTS, batch_size=len(_SAMPLE_TEXTS)))
+    predictor, model = load_predictor(folder, "torch", "cpu")
+    model = model.float().eval()
+    (_, sample), = list(predictor.padded_batches(_SAMPLE_TEXTS, batch_size=len(_SAMPLE_TEXTS)))
     names = [k for k in MODEL_INPUTS if k in sample]  # the order of LogitsOnly.forward's parameters
     wrapper = logits_only(model)
     fp32_path = out_dir / ONNX_FILE
@@ -119,21 +143,22 @@ def export_onnx(model_dir: Path, out: Path | None = None, int8: bool = True, ops
     log.info("ONNX graph (%s exporter, opset %d) written to %s in %.1f s", used, opset, fp32_path, time.time() - t0)
 
     checks = [_SAMPLE_TEXTS, _SAMPLE_TEXTS[1:2], _SAMPLE_TEXTS[::-1] * 3]
-    diffs = {"onnx": _max_logit_diff(clf, fp32_path, checks)}
+    diffs = {"onnx": _max_logit_diff(predictor, fp32_path, checks)}
     if diffs["onnx"] > 1e-3:
         log.warning("the ONNX graph's logits differ from torch by up to %.2e: check the export", diffs["onnx"])
     if int8:
         _atomic_write(out_dir / ONNX_INT8_FILE, lambda tmp: quantize_int8(fp32_path, tmp))
-        diffs["onnx-int8"] = _max_logit_diff(clf, out_dir / ONNX_INT8_FILE, checks)
+        diffs["onnx-int8"] = _max_logit_diff(predictor, out_dir / ONNX_INT8_FILE, checks)
         log.info("int8 copy written to %s", out_dir / ONNX_INT8_FILE)
 
-    entry = {"opset": opset, "exporter": used, "inputs": names, "output": "logits", "files": {}, "sample_max_abs_logit_diff": {},
-             "versions": {"torch": torch.__version__, "onnxruntime": _ort_version()}}
+    entry = {"opset": opset, "exporter": used, "inputs": names, "output": "logits", "files": {},
+             "sample_max_abs_logit_diff": {}, "versions": {"torch": torch.__version__, "onnxruntime": _ort_version()}}
     for backend, fname in BACKEND_FILES.items():
         path = out_dir / fname
         if path.is_file():
             entry["files"][backend] = {"file": _relative(path, folder), "bytes": path.stat().st_size,
-                                       **({"weights": "int8 (dynamic quantisation, QInt8)"} if backend == "onnx-int8" else {})}
+                                       **({"weights": "int8 (dynamic quantisation, QInt8)"}
+                                          if backend == "onnx-int8" else {})}
             if backend in diffs:
                 entry["sample_max_abs_logit_diff"][backend] = diffs[backend]
     update_meta(folder, {"onnx": entry})
@@ -214,7 +239,7 @@ def quantize_int8(src: Path, dest: Path) -> None:
             quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8)
 
 
-def _max_logit_diff(clf: EmotionClassifier, onnx_path: Path, batches: list[list[str]]) -> float:
+def _max_logit_diff(predictor: EncoderPredictor, onnx_path: Path, batches: list[list[str]]) -> float:
     """Largest |logit_onnx - logit_torch| over ``batches`` (each a padded batch of its own shape)."""
     import numpy as np
     import torch
@@ -222,8 +247,8 @@ def _max_logit_diff(clf: EmotionClassifier, onnx_path: Path, batches: list[list[
     engine = OnnxBackend(onnx_path)
     diff = 0.0
     for texts in batches:
-        for _, batch in clf.padded_batches(texts, batch_size=len(texts)):
-            ref = torch.as_tensor(clf.engine(batch)).float().numpy()
+        for _, batch in predictor.padded_batches(texts, batch_size=len(texts)):
+            ref = torch.as_tensor(predictor.engine(batch)).float().numpy()
             diff = max(diff, float(np.abs(engine(batch) - ref).max()))
     return diff
 
@@ -243,13 +268,13 @@ def _atomic_write(dest: Path, write: Callable[[Path], object]):
 
 
 def update_meta(folder: Path, updates: dict) -> dict:
-    """Read ``emitlab.json``, apply ``updates`` (top-level keys) and replace the file atomically."""
-    from .inference import META_FILE, read_meta
+    """Read ``network.json``, apply ``updates`` (top-level keys) and replace the file atomically."""
+    from .members.transformer import NETWORK_FILE, read_network_meta
 
-    meta = read_meta(folder)
+    meta = read_network_meta(folder)
     meta.update(updates)
-    path = Path(folder) / META_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{META_FILE}.tmp-", dir=folder)
+    path = Path(folder) / NETWORK_FILE
+    fd, tmp = tempfile.mkstemp(prefix=f".{NETWORK_FILE}.tmp-", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(meta, indent=2, ensure_ascii=False))
@@ -325,28 +350,26 @@ def onnx_file(folder: Path, meta: dict, backend: str) -> Path:
     return folder / BACKEND_FILES[backend]
 
 
-def load_onnx_backend(folder: Path, backend: str, device: str | None = None) -> tuple[OnnxBackend, dict]:
-    """The :class:`OnnxBackend` for ``backend`` (``"onnx"`` or ``"onnx-int8"``) of an export folder,
-    exporting the ONNX file first when it is missing. Returns it with the (possibly updated) meta."""
-    from .inference import read_meta
+def load_onnx_backend(folder: Path, backend: str, device: str | None = None) -> OnnxBackend:
+    """The :class:`OnnxBackend` for ``backend`` (``"onnx"`` or ``"onnx-int8"``) of a network
+    folder, exporting the ONNX file first when it is missing."""
+    from .members.transformer import read_network_meta
 
     if backend not in BACKEND_FILES:
         raise ValueError(f"not an ONNX backend: {backend!r} (expected one of {', '.join(BACKEND_FILES)})")
     if device not in (None, "cpu"):
         raise ValueError(f"the {backend} backend runs on CPU with onnxruntime; device {device!r} needs backend 'torch'")
-    meta = read_meta(folder)
-    path = onnx_file(folder, meta, backend)
+    path = onnx_file(folder, read_network_meta(folder), backend)
     if not path.is_file():
-        log.warning("%s has no %s: exporting it now (once; `emitlab export-onnx --model %s` does this ahead of time)",
-                    folder, path.name, folder)
+        log.warning("%s has no %s: exporting it now (once; `emitlab export-onnx --model` does this ahead of time)",
+                    folder, path.name)
         try:
-            export_onnx(folder, int8=(backend == "onnx-int8"))
+            export_network_onnx(folder, folder, int8=(backend == "onnx-int8"))
         except OSError as exc:
             raise RuntimeError(f"could not write {path.name} into {folder} ({exc}); export it elsewhere with "
                                f"`emitlab export-onnx --model {folder} --out DIR`") from exc
-        meta = read_meta(folder)
-        path = onnx_file(folder, meta, backend)
-    return OnnxBackend(path, name=backend), meta
+        path = onnx_file(folder, read_network_meta(folder), backend)
+    return OnnxBackend(path, name=backend)
 
 
 # --------------------------------------------------------------------------------------
@@ -364,16 +387,15 @@ The graph computes the logits only; sigmoid, thresholds and decoding stay in emi
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .inference import META_FILE, resolve_export
-
-    result = export_onnx(Path(args.model), Path(args.out) if args.out else None, int8=not args.no_int8,
-                         opset=args.opset, exporter=args.exporter)
-    for backend, f in result["files"].items():
-        diff = result["sample_max_abs_logit_diff"].get(backend)
-        note = f"  max |logit - torch| {diff:.1e} on sample texts" if diff is not None else ""
-        print(f"{backend:<10} {f['path']}  {f['bytes'] / 2**20:.1f} MiB{note}")
-    print(f"recorded under 'onnx' in {resolve_export(Path(args.model)) / META_FILE} ({result['exporter']} exporter, "
-          f"opset {result['opset']}, {result['seconds']:.1f} s)")
+    results = export_onnx(Path(args.model), Path(args.out) if args.out else None, int8=not args.no_int8,
+                          opset=args.opset, exporter=args.exporter)
+    for result in results:
+        for backend, f in result["files"].items():
+            diff = result["sample_max_abs_logit_diff"].get(backend)
+            note = f"  max |logit - torch| {diff:.1e} on sample texts" if diff is not None else ""
+            print(f"{result['network']}  {backend:<10} {f['path']}  {f['bytes'] / 2**20:.1f} MiB{note}")
+    print(f"recorded under 'onnx' in each network's network.json ({results[0]['exporter']} exporter, "
+          f"opset {results[0]['opset']})")
     return 0
 
 
@@ -397,4 +419,4 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-__all__ = ["BACKENDS", "BACKEND_FILES", "OnnxBackend", "export_onnx", "load_onnx_backend", "quantize_int8", "register_cli"]
+__all__ = ["BACKEND_FILES", "OnnxBackend", "export_onnx", "load_onnx_backend", "quantize_int8", "register_cli"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -173,45 +172,6 @@ class EmotionTrainer(Trainer):
         optimizer_kwargs.pop("lr", None)
         self.optimizer = optimizer_cls(param_groups, lr=self.args.learning_rate, **optimizer_kwargs)
         return self.optimizer
-
-
-# --------------------------------------------------------------------------------------
-# Devices
-
-
-def pick_device(cfg: TrainConfig) -> str:
-    if cfg.device != "auto":
-        return cfg.device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def precision_flags(cfg: TrainConfig, device: str) -> dict[str, bool]:
-    """TrainingArguments flags for mixed precision; only CUDA gets bf16/fp16."""
-    if cfg.precision == "fp32" or device != "cuda":
-        if cfg.precision in ("bf16", "fp16") and device != "cuda":
-            log.warning("%s needs CUDA; training in fp32 on %s", cfg.precision, device)
-        return {"bf16": False, "fp16": False}
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_bf16_supported()):
-        return {"bf16": True, "fp16": False}
-    return {"bf16": False, "fp16": True}
-
-
-def tracker_env(cfg: TrainConfig, run_dir: Path) -> list[str]:
-    """Point the chosen tracker at the run folder; returns TrainingArguments.report_to."""
-    if cfg.report_to == "tensorboard":
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")
-    elif cfg.report_to == "mlflow":
-        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
-        os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "emitlab")
-    elif cfg.report_to == "wandb":
-        os.environ["WANDB_MODE"] = "offline"
-        os.environ.setdefault("WANDB_DIR", str(run_dir))
-        os.environ.setdefault("WANDB_PROJECT", "emitlab")
-    return [] if cfg.report_to == "none" else [cfg.report_to]
 
 
 def load_tokenizer(source: Path | str):

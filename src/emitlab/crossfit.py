@@ -1,0 +1,156 @@
+"""Cross-fitting: out-of-fold probabilities for every training text, fold-averaged elsewhere.
+
+Every member is fitted ``K`` times, each time on all training texts but one fold, and predicts
+the fold it did not see. Every training text thus gets exactly one *out-of-fold* (OOF)
+prediction from a model that never saw it, and those 5,966 rows (on EMit A) are what the
+ensemble weights, the stacker, the thresholds and the decoding rules are chosen on. The test
+and out-of-domain probabilities are the mean of the ``K`` fold models (bagging).
+
+A :class:`FoldPlan` with a single fold is the quick 90/10 mode: the OOF rows are then only the
+validation texts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .members import Member
+
+log = logging.getLogger("emitlab")
+
+
+@dataclass
+class FoldPlan:
+    """``folds[i] = (train_idx, heldout_idx)`` over ``n`` training rows. ``rows`` are the rows
+    that receive an out-of-fold prediction (all of them with K folds, the validation split in
+    the 90/10 mode), sorted."""
+
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    n: int
+    seed: int
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.sort(np.concatenate([held for _, held in self.folds]))
+
+    @property
+    def k(self) -> int:
+        return len(self.folds)
+
+    def check(self) -> None:
+        """Each row is held out at most once, and never trained on in the fold holding it out."""
+        held = np.concatenate([h for _, h in self.folds])
+        if len(np.unique(held)) != len(held):
+            raise ValueError("a row is held out by more than one fold")
+        for tr, h in self.folds:
+            if np.intersect1d(tr, h).size:
+                raise ValueError("a fold trains on a row it holds out")
+
+    def to_dict(self) -> dict:
+        fold_of = np.full(self.n, -1, dtype=int)
+        for i, (_, h) in enumerate(self.folds):
+            fold_of[h] = i
+        return {"k": self.k, "n": self.n, "seed": self.seed, "fold_of_row": fold_of.tolist()}
+
+
+def kfold_plan(labels: np.ndarray, k: int, seed: int) -> FoldPlan:
+    """K folds by multilabel iterative stratification (every row held out exactly once)."""
+    from .data.split import kfold_indices
+
+    plan = FoldPlan([(np.asarray(tr), np.asarray(te)) for tr, te in kfold_indices(labels, k, seed)], len(labels), seed)
+    plan.check()
+    return plan
+
+
+def split_plan(train_idx: np.ndarray, val_idx: np.ndarray, n: int, seed: int) -> FoldPlan:
+    """The quick mode: one fold, trained on ``train_idx`` and held out on ``val_idx``."""
+    plan = FoldPlan([(np.asarray(train_idx), np.asarray(val_idx))], n, seed)
+    plan.check()
+    return plan
+
+
+@dataclass
+class CrossFitted:
+    """One member cross-fitted: OOF probabilities on ``plan.rows`` (in that order), the mean of the
+    fold models' probabilities on every prediction set, and the fold models themselves."""
+
+    name: str
+    oof: np.ndarray
+    preds: dict[str, np.ndarray]
+    models: list[Member]
+    seconds: list[float] = field(default_factory=list)
+    info: list[dict] = field(default_factory=list)
+
+
+FOLD_FILE = "fold.json"
+PREDICTIONS_FILE = "fold_predictions.npz"
+
+
+def crossfit(
+    name: str,
+    make_member: Callable[[int], Member],
+    texts: Sequence[str],
+    labels: np.ndarray,
+    label_names: Sequence[str],
+    plan: FoldPlan,
+    sets: dict[str, Sequence[str]],
+    cache: Path | None = None,
+    resume: bool = False,
+) -> CrossFitted:
+    """Fit ``make_member(fold)`` on each fold's training rows, predict its held-out rows and
+    every set in ``sets``. ``texts`` are the cleaned training texts, ``labels`` their 0/1 matrix.
+
+    With ``cache``, each fold model is saved to ``cache/fold-<i>`` with its predictions (the
+    export copies these folders); with ``resume``, a fold already saved there is loaded, not
+    refitted, so an interrupted run continues at the fold it stopped in.
+    """
+    from .io import atomic_path, atomic_write_json
+    from .members import load_member
+
+    texts = list(texts)
+    n_labels = labels.shape[1]
+    oof_full = np.full((plan.n, n_labels), np.nan)
+    sums = {s: np.zeros((len(t), n_labels)) for s, t in sets.items()}
+    models, seconds, info = [], [], []
+    for i, (tr, held) in enumerate(plan.folds):
+        t0 = time.time()
+        folder = Path(cache) / f"fold-{i}" if cache is not None else None
+        done = folder is not None and (folder / FOLD_FILE).is_file()
+        if resume and done:
+            record = json.loads((folder / FOLD_FILE).read_text(encoding="utf-8"))
+            member = load_member(folder, record["spec"])
+            with np.load(folder / PREDICTIONS_FILE, allow_pickle=False) as z:
+                preds = {k: z[k] for k in z.files}
+            log.info("%s: fold %d/%d loaded from %s", name, i + 1, plan.k, folder)
+        else:
+            member = make_member(i)
+            member.fit([texts[j] for j in tr], labels[tr], label_names)
+            preds = {"heldout": member.predict_proba([texts[j] for j in held])}
+            for s, t in sets.items():
+                preds[s] = member.predict_proba(list(t))
+            record = {"spec": None, "seconds": round(time.time() - t0, 1),
+                      "info": {k: v for k, v in (getattr(member, "fit_info", {}) or {}).items()}}
+            if folder is not None:
+                record["spec"] = member.save(folder)
+                with atomic_path(folder / PREDICTIONS_FILE) as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.savez(fh, **preds)
+                atomic_write_json(folder / FOLD_FILE, record)
+        oof_full[held] = preds["heldout"]
+        for s in sets:
+            sums[s] += preds[s]
+        seconds.append(record["seconds"])
+        info.append(record.get("info") or {})
+        models.append(member)
+        log.info("%s: fold %d/%d done (%.0f s)", name, i + 1, plan.k, seconds[-1])
+    oof = oof_full[plan.rows]
+    if np.isnan(oof).any():  # pragma: no cover - plan.check() makes this impossible
+        raise RuntimeError(f"{name}: some held-out rows got no prediction")
+    return CrossFitted(name, oof, {s: v / plan.k for s, v in sums.items()}, models, seconds, info)

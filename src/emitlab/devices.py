@@ -1,0 +1,40 @@
+"""Where torch runs and in which precision: one place for CPU / CUDA / MPS decisions."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger("emitlab")
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(requested: str = "auto") -> str:
+    """``requested`` unless ``auto``: CUDA when available, then MPS, else CPU."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def precision_flags(precision: str, device: str) -> dict[str, bool]:
+    """``TrainingArguments`` flags for mixed precision; only CUDA gets bf16/fp16."""
+    if precision == "fp32" or device != "cuda":
+        if precision in ("bf16", "fp16") and device != "cuda":
+            log.warning("%s needs CUDA; training in fp32 on %s", precision, device)
+        return {"bf16": False, "fp16": False}
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return {"bf16": True, "fp16": False}
+    return {"bf16": False, "fp16": True}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device a model's parameters live on (CPU for a model without parameters)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")

@@ -1,0 +1,387 @@
+"""The jobs behind ``emitlab baseline``, ``emitlab train`` and ``emitlab run``: one engine.
+
+    data -> folds -> members (cross-fitted) -> combiner + calibration (nested, out-of-fold)
+         -> evaluation -> submissions -> export (+ reload check) -> report
+
+``baseline`` is the engine with the TF-IDF member alone, ``train`` with the transformer alone
+(90/10 split by default, so that the best epoch is chosen on validation), ``run`` with every
+member. All write the same ``metrics.json`` schema (see :func:`run_engine`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .crossfit import CrossFitted, FoldPlan, crossfit, kfold_plan, split_plan
+from .data.cleaning import CleaningConfig, TextCleaner
+from .data.loading import EmitData, TextDataset, label_warnings, load_emit, load_table
+from .errors import DataError
+from .evaluation import evaluate_decoded, write_submission
+from .labels import labels_for_task
+from .runs import RunDir
+from .settings import (
+    DATA_ENV,
+    CalibrationConfig,
+    DataConfig,
+    EnsembleConfig,
+    LexiconConfig,
+    RunConfig,
+    TfidfConfig,
+    TrainConfig,
+)
+
+log = logging.getLogger("emitlab")
+
+METRICS_SCHEMA = 2
+
+
+# --------------------------------------------------------------------------------------
+# Data
+
+
+def load_data(cfg: DataConfig) -> EmitData:
+    """Load what ``cfg`` points at; a single file becomes an EmitData with train (and test)."""
+    source = cfg.data or os.environ.get(DATA_ENV, "")
+    if not source:
+        raise DataError(f"no data given: pass --data DIR (or a file / hf:<id>) or set ${DATA_ENV}")
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() in (".csv", ".jsonl", ".ndjson", ".json", ".parquet"):
+        label_cols = cfg.label_cols or labels_for_task(cfg.task)
+        kwargs = dict(text_col=cfg.text_col, id_col=cfg.id_col or None,
+                      label_cols=None if cfg.label_list_col else label_cols,
+                      label_list_col=cfg.label_list_col or None)
+        train = load_table(path, **kwargs)
+        data = EmitData(task=cfg.task, label_names=train.label_names, train=train)
+        if cfg.test_file:
+            data.test = load_table(cfg.test_file, **kwargs, label_names=train.label_names)
+        data.warnings = label_warnings(train) + (label_warnings(data.test) if data.test else [])
+        return data
+    return load_emit(source, cfg.task, cfg.zip_password or None)
+
+
+def fold_plans(data: EmitData, cfgs: dict, run: RunDir) -> dict[str, FoldPlan]:
+    """The folds of every member (saved in ``folds.json``), ``"default"`` and ``"transformer"``."""
+    from .data.split import stratified_split
+
+    run_cfg: RunConfig = cfgs[RunConfig]
+    dcfg: DataConfig = cfgs[DataConfig]
+    y = data.train.labels
+    n = len(data.train)
+    if run_cfg.folds <= 1:
+        tr, va = stratified_split(y, dcfg.val_fraction, dcfg.seed)
+        default = split_plan(tr, va, n, dcfg.seed)
+        plans = {"default": default, "transformer": default}
+    else:
+        default = kfold_plan(y, run_cfg.folds, dcfg.seed)
+        k_tr = run_cfg.transformer_folds or run_cfg.folds
+        plans = {"default": default, "transformer": default if k_tr == run_cfg.folds else kfold_plan(y, k_tr, dcfg.seed)}
+    run.write_json("folds.json", {"ids": data.train.ids, **{name: p.to_dict() for name, p in plans.items()}})
+    return plans
+
+
+# --------------------------------------------------------------------------------------
+# Members
+
+
+def member_factory(name: str, cfgs: dict, run: RunDir, plan: FoldPlan, texts: list[str], y: np.ndarray,
+                   resume: bool):
+    """``fold -> Member`` for ``name``, with that fold's settings."""
+    if name == "tfidf":
+        from .members.tfidf import TfidfMember
+
+        return lambda i: TfidfMember(cfgs[TfidfConfig])
+    if name == "lexicon":
+        from .members.lexicon import LexiconMember
+
+        return lambda i: LexiconMember(cfgs[LexiconConfig])
+    if name == "transformer":
+        from .members.transformer import TransformerMember
+
+        split_mode = plan.k == 1
+
+        def make(i: int):
+            held = plan.folds[i][1]
+            return TransformerMember(
+                cfgs[TrainConfig], workdir=run / "work" / "transformer" / f"fold-{i}",
+                seed=cfgs[DataConfig].seed + i,
+                eval_texts=[texts[j] for j in held] if split_mode else None,
+                eval_labels=y[held] if split_mode else None, select_on_eval=split_mode, resume=resume)
+        return make
+    raise ValueError(f"unknown member {name!r}")
+
+
+# --------------------------------------------------------------------------------------
+# The engine
+
+
+@dataclass
+class Scored:
+    """A candidate (a member alone or a combiner) with its decoder and every set's probabilities."""
+
+    name: str
+    combiner: Any
+    calibration: Any
+    oof: np.ndarray
+    probs: dict[str, np.ndarray]
+    metrics: dict = field(default_factory=dict)
+
+
+def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resume: bool = False,
+               export: bool = True, report: bool = True, stats: bool = True) -> dict:
+    """Cross-fit ``members``, choose the combination, evaluate, write submissions, export.
+
+    ``metrics.json`` (schema 2) holds: ``task``, ``label_names``, ``selection`` (which rows the
+    choices were made on), ``members`` (per member: folds, seconds, training info), ``models``
+    (per candidate: ``validation`` = its out-of-fold metrics, ``test`` where gold exists,
+    ``calibration``, ``nested_macro_f1``), ``best_model``, ``ensemble`` (the choice), ``export``
+    and ``timings_s``.
+    """
+    from .ensemble import choose_combiner
+
+    t_start = time.time()
+    timings: dict[str, float] = {}
+    cal: CalibrationConfig = cfgs[CalibrationConfig]
+    ens_cfg: EnsembleConfig = cfgs[EnsembleConfig]
+    cleaner = TextCleaner(cfgs[CleaningConfig])
+    label_names = list(data.label_names)
+    sets = data.prediction_sets
+    if data.train.labels is None:
+        raise DataError(f"{data.train.source}: the training file has no labels")
+
+    if stats:
+        _write_stats(data, run)
+    t = time.time()
+    texts = cleaner.clean_many(data.train.texts)
+    set_texts = {name: cleaner.clean_many(ds.texts) for name, ds in sets.items()}
+    timings["cleaning"] = time.time() - t
+    y = data.train.labels
+    plans = fold_plans(data, cfgs, run)
+    rows = plans["default"].rows
+    for name, p in plans.items():
+        if not np.array_equal(p.rows, rows):  # pragma: no cover - both cover every row or the same split
+            raise RuntimeError(f"fold plan {name!r} holds out different rows")
+
+    fitted: dict[str, CrossFitted] = {}
+    for i, name in enumerate(members, 1):
+        plan = plans["transformer" if name == "transformer" else "default"]
+        log.info("[%d/%d] member %s: %d fold(s)", i, len(members), name, plan.k)
+        t = time.time()
+        make = member_factory(name, cfgs, run, plan, texts, y, resume)
+        fitted[name] = crossfit(name, make, texts, y, label_names, plan, set_texts,
+                                cache=run / "members" / name, resume=resume)
+        timings[f"member_{name}"] = time.time() - t
+
+    log.info("combination: nested choice over %d out-of-fold rows", len(rows))
+    t = time.time()
+    y_rows = y[rows]
+    probs_rows = [fitted[m].oof for m in members]
+    choice, all_fitted = choose_combiner(members, probs_rows, y_rows, label_names, cal, ens_cfg)
+    timings["combination"] = time.time() - t
+
+    scored: dict[str, Scored] = {}
+    nested = {c.name: c for c in choice.candidates}
+    for name, (comb, report_, out) in all_fitted.items():
+        probs = {s: comb.combine([fitted[m].preds[s] for m in members]) for s in sets}
+        s = Scored(name, comb, report_, out, probs)
+        s.metrics = {"model": name, "combiner": comb.to_dict(), "calibration": report_.to_dict(),
+                     "nested_macro_f1": nested[name].nested_macro_f1,
+                     "nested_fold_macro_f1": nested[name].nested_fold_scores,
+                     "validation": evaluate_decoded(y_rows, out, report_.decoder, label_names)}
+        for set_name, ds in sets.items():
+            if ds.labels is not None:
+                s.metrics[set_name] = evaluate_decoded(ds.labels, probs[set_name], report_.decoder, label_names)
+        scored[name] = s
+    best = choice.name
+
+    for name, s in scored.items():
+        _write_submissions(run, s, sets, data.task, prefix=f"{name}_")
+    _write_submissions(run, scored[best], sets, data.task)
+    _save_predictions(run, data, rows, fitted, scored, sets)
+
+    metrics: dict[str, Any] = {
+        "schema": METRICS_SCHEMA,
+        "task": data.task,
+        "label_names": label_names,
+        "selection": {"rows": "out-of-fold" if plans["default"].k > 1 else "validation split", "n": int(len(rows)),
+                      "folds": {name: p.k for name, p in plans.items()}},
+        "members": {name: {"folds": len(f.models), "fold_seconds": f.seconds,
+                           "training": [_strip_history(i) for i in f.info] if any(f.info) else None}
+                    for name, f in fitted.items()},
+        "models": {name: s.metrics for name, s in scored.items()},
+        "best_model": best,
+        "ensemble": choice.to_dict(),
+    }
+    if export:
+        t = time.time()
+        metrics["export"] = export_run(run, data, cfgs, members, fitted, scored[best], set_texts)
+        timings["export"] = time.time() - t
+    metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    metrics["timings_s"]["total"] = round(time.time() - t_start, 1)
+    run.write_json("metrics.json", metrics)
+    _write_training_logs(run, fitted)
+    if report:
+        from .report import write_report
+
+        t = time.time()
+        write_report(run.path)
+        metrics["timings_s"]["report"] = round(time.time() - t, 1)
+        metrics["timings_s"]["total"] = round(time.time() - t_start, 1)
+        run.write_json("metrics.json", metrics)
+    return metrics
+
+
+def _strip_history(info: dict) -> dict:
+    return {k: v for k, v in info.items() if k != "log_history"}
+
+
+def _write_training_logs(run: RunDir, fitted: dict[str, CrossFitted]) -> None:
+    """``trainer_log.json``: the first fold's Trainer log history (the report draws it)."""
+    for f in fitted.values():
+        for info in f.info:
+            if info.get("log_history"):
+                run.write_json("trainer_log.json", info["log_history"])
+                return
+
+
+def _write_stats(data: EmitData, run: RunDir) -> None:
+    from .data.stats import compute_stats, plot_stats
+
+    stats = [compute_stats(ds.texts, ds.labels, ds.label_names, name=name)
+             for name, ds in (("train", data.train), ("test", data.test)) if ds is not None and ds.labels is not None]
+    run.write_json("data_stats.json", [s.to_dict() | {"word_lengths": s.word_lengths.tolist()} for s in stats])
+    plot_stats(stats, run / "data_stats.png")
+
+
+def _write_submissions(run: RunDir, s: Scored, sets: dict[str, TextDataset], task: str, prefix: str = "") -> None:
+    for set_name, ds in sets.items():
+        write_submission(run / f"{prefix}submission_task-{task}_{set_name}.csv", ds.ids,
+                         s.calibration.decoder.decode(s.probs[set_name]), s.calibration.decoder.label_names)
+
+
+def _save_predictions(run: RunDir, data: EmitData, rows: np.ndarray, fitted: dict[str, CrossFitted],
+                      scored: dict[str, Scored], sets: dict[str, TextDataset]) -> None:
+    """``predictions.npz``: gold and probabilities of every member and candidate on the
+    out-of-fold rows (``*_validation``) and every prediction set; ``validation_rows`` indexes
+    the training file."""
+    from .io import atomic_path
+
+    arrays: dict[str, np.ndarray] = {"y_validation": data.train.labels[rows], "validation_rows": rows}
+    for name, ds in sets.items():
+        if ds.labels is not None:
+            arrays[f"y_{name}"] = ds.labels
+    for name, f in fitted.items():
+        arrays[f"member:{name}_validation"] = f.oof
+        for set_name, p in f.preds.items():
+            arrays[f"member:{name}_{set_name}"] = p
+    for name, s in scored.items():
+        arrays[f"{name}_validation"] = s.oof
+        for set_name, p in s.probs.items():
+            arrays[f"{name}_{set_name}"] = p
+    with atomic_path(run / "predictions.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+    run.write_json("validation_texts.json", [{"id": data.train.ids[i], "text": data.train.texts[i]} for i in rows])
+
+
+# --------------------------------------------------------------------------------------
+# Export
+
+
+def export_run(run: RunDir, data: EmitData, cfgs: dict, members: list[str], fitted: dict[str, CrossFitted],
+               best: Scored, set_texts: dict[str, list[str]]) -> dict:
+    """Write ``run/model`` (+ .zip) holding the members the chosen combination uses, reload it
+    and record how far its probabilities drift from the run's on the first prediction set."""
+    from .export import write_export
+    from .inference import EmotionClassifier
+
+    used = _members_used(best, members)
+    meta = {
+        "task": data.task,
+        "labels": list(data.label_names),
+        "model_kind": best.name,
+        "decoder": best.calibration.decoder.to_dict(),
+        "combiner": _restrict_combiner(best.combiner.to_dict(), members, used),
+        "cleaning": TextCleaner(cfgs[CleaningConfig]).to_dict(),
+        "metrics": {k: best.metrics[k]["macro_f1"] for k in ("validation", "test", "ood") if k in best.metrics},
+        "nested_macro_f1": best.metrics.get("nested_macro_f1"),
+    }
+    folders = {name: [run / "members" / name / f"fold-{i}" for i in range(len(fitted[name].models))] for name in used}
+    path = write_export(run / "model", meta, folders)
+    reloaded = EmotionClassifier.from_pretrained(path)
+    check_set = next(iter(set_texts), None)
+    info: dict[str, Any] = {"path": str(path), "model": best.name, "members": used}
+    if check_set is not None:
+        raw = data.prediction_sets[check_set].texts
+        diff = float(np.abs(reloaded.predict_proba(raw) - best.probs[check_set]).max())
+        info.update({"reload_checked_on": check_set, "reload_max_abs_diff": diff})
+        log.info("exported %s to %s (+ .zip); reloaded %s probabilities differ by at most %.2e",
+                 best.name, path, check_set, diff)
+    return info
+
+
+def _members_used(best: Scored, members: list[str]) -> list[str]:
+    d = best.combiner.to_dict()
+    if d["kind"] == "average":
+        return [m for m, w in zip(members, d["weights"]) if w > 0]
+    return list(members)
+
+
+def _restrict_combiner(d: dict, members: list[str], used: list[str]) -> dict:
+    """The combiner over ``used`` only (members with weight 0 are not exported)."""
+    if d["kind"] == "average":
+        d = dict(d, weights=[w for m, w in zip(members, d["weights"]) if m in used])
+    return d
+
+
+# --------------------------------------------------------------------------------------
+# Summary
+
+
+def summary_table(metrics: dict) -> str:
+    """The one-screen summary printed at the end of a job."""
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    sel = metrics.get("selection", {})
+    table = Table(title=f"EMit task {metrics['task']}: macro-F1 (raw @0.5 -> calibrated)")
+    table.add_column("model")
+    table.add_column("nested")
+    table.add_column(sel.get("rows", "validation"))
+    has_test = any("test" in m for m in metrics["models"].values())
+    if has_test:
+        table.add_column("test")
+    table.add_column("decoding")
+    for name, m in metrics["models"].items():
+        row = [name + (" *" if name == metrics["best_model"] else ""), f"{m.get('nested_macro_f1', float('nan')):.4f}",
+               f"{m['validation']['raw']['macro_f1']:.4f} -> {m['validation']['macro_f1']:.4f}"]
+        if has_test:
+            row.append(f"{m['test']['raw']['macro_f1']:.4f} -> {m['test']['macro_f1']:.4f}" if "test" in m else "-")
+        row.append(m["calibration"]["chosen"])
+        table.add_row(*row)
+    buf = StringIO()
+    Console(file=buf, width=120, color_system=None).print(table)
+    lines = [buf.getvalue().rstrip(),
+             "* best nested out-of-fold macro-F1 (combiner and calibration fitted on other folds); "
+             "its predictions are the official submissions"]
+    comb = metrics["models"][metrics["best_model"]].get("combiner", {})
+    if comb.get("kind") == "average":
+        lines.append("weights: " + ", ".join(f"{m} {w:.2f}" for m, w in zip(metrics["members"], comb["weights"])))
+    if metrics.get("export"):
+        e = metrics["export"]
+        lines.append(f"export: {e['path']} ({e['model']}; reload diff {e.get('reload_max_abs_diff', float('nan')):.1e})")
+    lines.append("timings (s): " + ", ".join(f"{k} {v}" for k, v in metrics["timings_s"].items()))
+    return "\n".join(lines)
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))

@@ -1,0 +1,381 @@
+"""The fine-tuned encoder as an ensemble member: training with the HF ``Trainer``, prediction
+with length-sorted batches on a pluggable backend, and a plain HF folder on disk.
+
+A saved transformer member is a *network folder*: the encoder (``save_pretrained``, so
+``AutoModel.from_pretrained`` loads it), its tokenizer, ``classifier.safetensors`` and
+``network.json`` (labels, input prefix, max length, pooling; the ONNX files once exported).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..devices import model_device, pick_device, precision_flags
+from ..errors import ModelFormatError
+from ..settings import TrainConfig
+
+log = logging.getLogger("emitlab")
+
+NETWORK_FILE = "network.json"
+#: Tokenizer outputs that the network takes (others, e.g. ``special_tokens_mask``, are dropped).
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+BACKENDS = ("torch", "onnx", "onnx-int8")
+#: Set by tests to simulate a hard crash (os._exit) after this many optimizer steps.
+CRASH_ENV = "EMITLAB_TEST_CRASH_AFTER_STEP"
+
+
+# --------------------------------------------------------------------------------------
+# Prediction
+
+
+class Backend(Protocol):
+    """Maps one padded batch (``{name: int64 array (batch, seq)}``, keys from
+    :data:`MODEL_INPUTS`) to logits ``(batch, n_labels)`` as a numpy array or torch tensor."""
+
+    name: str
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray | torch.Tensor: ...
+
+
+class TorchBackend:
+    """The PyTorch :class:`~emitlab.models.transformer.EmotionModel` on ``device`` (default: where
+    the model already is, so a model trained on CUDA keeps predicting on CUDA)."""
+
+    name = "torch"
+
+    def __init__(self, model, device: str | torch.device | None = None):
+        self.device = torch.device(device) if device else model_device(model)
+        self.model = model.eval().to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        inputs = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)).to(self.device) for k, v in batch.items()}
+        return self.model(**inputs)["logits"]
+
+
+class EncoderPredictor:
+    """Tokenises (prefix, truncation), sorts by length, pads per batch, runs the backend and
+    returns sigmoid probabilities in the input order. Texts come in already cleaned."""
+
+    def __init__(self, tokenizer, engine: Backend, input_prefix: str, max_length: int):
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.input_prefix = input_prefix
+        self.max_length = int(max_length)
+
+    def encode(self, texts: Sequence[str]) -> dict:
+        return self.tokenizer([self.input_prefix + t for t in texts], truncation=True, max_length=self.max_length)
+
+    def padded_batches(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+                       ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """``(positions, batch)`` pairs: texts prefixed and tokenized, sorted by length, cut into
+        batches and padded; ``batch`` holds int64 arrays keyed by :data:`MODEL_INPUTS`."""
+        texts = list(texts)
+        if not texts:
+            return
+        enc = self.encode(texts)
+        keys = [k for k in enc.keys() if k in MODEL_INPUTS]
+        order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
+        starts = range(0, len(texts), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="predict", unit="batch")
+        for start in starts:
+            idx = order[start:start + batch_size]
+            padded = self.tokenizer.pad([{k: enc[k][i] for k in keys} for i in idx], return_tensors="np")
+            yield idx, {k: np.asarray(padded[k], dtype=np.int64) for k in keys}
+
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        texts = list(texts)
+        out = None
+        with torch.inference_mode():
+            for idx, batch in self.padded_batches(texts, batch_size, progress):
+                logits = torch.as_tensor(self.engine(batch)).float().cpu().numpy()
+                if out is None:
+                    out = np.zeros((len(texts), logits.shape[1]), dtype=np.float64)
+                out[idx] = logits
+        return out if out is not None else np.zeros((0, 0))
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.predict_logits(texts, batch_size, progress)))
+
+
+def read_network_meta(folder: Path) -> dict:
+    path = Path(folder) / NETWORK_FILE
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: missing (not a transformer member folder)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
+
+
+def load_predictor(folder: Path, backend: str = "torch", device: str | None = None) -> tuple[EncoderPredictor, Any]:
+    """An :class:`EncoderPredictor` for a network folder; also returns the torch model (``None``
+    with an ONNX backend)."""
+    from transformers import AutoTokenizer
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    folder = Path(folder)
+    meta = read_network_meta(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = None
+    if backend == "torch":
+        from ..models.transformer import EmotionModel
+
+        model = EmotionModel.load(folder, len(meta["labels"]), meta.get("pooling", "mean"))
+        engine: Backend = TorchBackend(model, device or "cpu")
+    else:
+        from ..onnx_export import load_onnx_backend
+
+        engine = load_onnx_backend(folder, backend, device)
+    return EncoderPredictor(tokenizer, engine, meta.get("input_prefix", ""), meta.get("max_length", 128)), model
+
+
+# --------------------------------------------------------------------------------------
+# The member
+
+
+class TransformerMember:
+    """A fine-tuned encoder (default me5-small) with a mean-pooling or CLS head.
+
+    ``workdir`` holds checkpoints and the trainer log; ``eval_texts``/``eval_labels`` (optional)
+    are scored after every epoch: with ``select_on_eval`` the best epoch is kept (the 90/10
+    mode), otherwise they only draw the learning curve and training runs its fixed epochs
+    (cross-fitting, where those rows are the ones this fold model must predict honestly).
+    """
+
+    kind = "transformer"
+
+    def __init__(self, config: TrainConfig | None = None, workdir: Path | None = None, seed: int = 42,
+                 eval_texts: Sequence[str] | None = None, eval_labels: np.ndarray | None = None,
+                 select_on_eval: bool = False, resume: bool = False):
+        self.config = config or TrainConfig()
+        self.workdir = Path(workdir) if workdir else None
+        self.seed = seed
+        self.eval_texts = list(eval_texts) if eval_texts is not None else None
+        self.eval_labels = eval_labels
+        self.select_on_eval = select_on_eval and eval_texts is not None
+        self.resume = resume
+        self.predictor: EncoderPredictor | None = None
+        self.model = None
+        self.label_names: list[str] = []
+        self.base_model = self.config.model
+        self.fit_info: dict[str, Any] = {}
+
+    # ---- training
+
+    def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str]) -> "TransformerMember":
+        from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
+
+        from ..models.losses import build_loss
+        from ..models.transformer import EmotionTrainer, build_model, default_prefix, load_tokenizer, resolve_model_source
+
+        cfg = self.config
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        workdir = self.workdir or Path(tempfile.mkdtemp(prefix="emitlab-train-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        set_seed(self.seed)
+        self.label_names = list(label_names)
+        source = resolve_model_source(cfg.model)
+        prefix = default_prefix(source) if cfg.input_prefix == "auto" else cfg.input_prefix
+        tokenizer = load_tokenizer(source)
+        model = build_model(source, len(label_names), cfg, labels)
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_total = sum(p.numel() for p in model.parameters())
+        log.info("model %s: %.1f M parameters, %.1f M trained; input prefix %r", cfg.model, n_total / 1e6,
+                 n_trainable / 1e6, prefix)
+        predictor = EncoderPredictor(tokenizer, None, prefix, cfg.max_length)  # type: ignore[arg-type]
+        train_ds = _to_dataset(predictor, texts, labels)
+        eval_ds = _to_dataset(predictor, self.eval_texts, self.eval_labels) if self.eval_texts is not None else None
+        device = pick_device(cfg.device)
+        args = _training_arguments(cfg, workdir, self.seed, device, eval_ds is not None, self.select_on_eval)
+        callbacks = []
+        if self.select_on_eval and cfg.early_stopping_patience > 0:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+        crash = _crash_callback()
+        if crash:
+            callbacks.append(crash)
+        loss_fn = build_loss(cfg.loss, labels, cfg.pos_weight, cfg.focal_gamma,
+                             cfg.focal_alpha if cfg.focal_alpha > 0 else None)
+        trainer = EmotionTrainer(
+            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+            data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_compute_metrics if eval_ds else None,
+            callbacks=callbacks, loss_fn=loss_fn, head_learning_rate=cfg.head_learning_rate,
+        )
+        checkpoint = None
+        if self.resume:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            ckpt_dir = workdir / "checkpoints"
+            checkpoint = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+            log.info("resuming from %s", checkpoint or "scratch (no checkpoint found)")
+        t0 = time.time()
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        train_s = time.time() - t0
+        (workdir / "trainer_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        # Predict with our own length-sorted batching, not trainer.predict: with
+        # train_sampling_strategy="group_by_length", transformers 5 also reorders evaluation
+        # batches, so trainer.predict's rows would not follow the dataset's order.
+        self.model = trainer.model.eval()
+        predictor.engine = TorchBackend(self.model)  # stays on the training device
+        self.predictor = predictor
+        self.base_model = str(cfg.model)
+        self.fit_info = {
+            "device": device,
+            "precision": {k: v for k, v in precision_flags(cfg.precision, device).items() if v} or "fp32",
+            "parameters": n_total,
+            "trained_parameters": n_trainable,
+            "train_seconds": round(train_s, 1),
+            "train_examples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
+            "global_steps": trainer.state.global_step,
+            "epochs_done": round(float(trainer.state.epoch or 0), 2),
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "best_eval_macro_f1_at_0.5": trainer.state.best_metric,
+            "torch_threads": torch.get_num_threads(),
+            "log_history": trainer.state.log_history,
+        }
+        return self
+
+    # ---- prediction
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if self.predictor is None:
+            raise RuntimeError("TransformerMember.predict_proba before fit or load")
+        texts = list(texts)
+        return self.predictor.predict_proba(texts, self.config.eval_batch_size, progress=len(texts) > 2000)
+
+    # ---- persistence
+
+    def network_meta(self) -> dict[str, Any]:
+        return {"labels": self.label_names, "input_prefix": self.predictor.input_prefix,
+                "max_length": self.predictor.max_length, "pooling": self.config.pooling,
+                "base_model": self.base_model}
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        if self.model is None:
+            raise RuntimeError("TransformerMember.save needs the torch model (fit first)")
+        from ..config import to_jsonable
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save(folder)
+        self.predictor.tokenizer.save_pretrained(folder)
+        (folder / NETWORK_FILE).write_text(json.dumps(self.network_meta(), indent=2, ensure_ascii=False))
+        return {"kind": self.kind, "config": to_jsonable(asdict(self.config)), "label_names": self.label_names}
+
+    @classmethod
+    def load(cls, folder: Path, spec: dict[str, Any], backend: str = "torch", device: str | None = None
+             ) -> "TransformerMember":
+        cfg_fields = {f for f in TrainConfig.__dataclass_fields__}
+        config = TrainConfig(**{k: v for k, v in (spec.get("config") or {}).items() if k in cfg_fields})
+        member = cls(config)
+        member.predictor, member.model = load_predictor(folder, backend, device)
+        meta = read_network_meta(folder)
+        member.label_names = list(meta["labels"])
+        member.base_model = meta.get("base_model", config.model)
+        return member
+
+
+# --------------------------------------------------------------------------------------
+# Training internals
+
+
+def _to_dataset(predictor: EncoderPredictor, texts: Sequence[str], labels: np.ndarray | None):
+    from datasets import Dataset
+
+    enc = predictor.encode(list(texts))
+    columns = {k: enc[k] for k in enc.keys() if k in MODEL_INPUTS}
+    if labels is not None:
+        columns["labels"] = np.asarray(labels).astype(np.float32).tolist()
+    return Dataset.from_dict(columns)
+
+
+def _compute_metrics(eval_pred) -> dict[str, float]:
+    from ..evaluation import macro_f1
+
+    logits, labels = eval_pred.predictions, eval_pred.label_ids
+    if isinstance(logits, dict):
+        logits = logits["logits"]
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return {"macro_f1": macro_f1(labels.astype(int), (logits >= 0).astype(int))}
+
+
+def _crash_callback():
+    from transformers import TrainerCallback
+
+    limit = int(os.environ.get(CRASH_ENV, "0") or 0)
+
+    class CrashForTests(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if limit and state.global_step >= limit:
+                log.error("simulated crash after step %d (%s)", state.global_step, CRASH_ENV)
+                os._exit(3)
+
+    return CrashForTests() if limit else None
+
+
+def tracker_env(report_to: str, run_dir: Path) -> list[str]:
+    """Point the chosen tracker at the run folder; returns TrainingArguments.report_to."""
+    if report_to == "tensorboard":
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")
+    elif report_to == "mlflow":
+        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
+        os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "emitlab")
+    return [] if report_to == "none" else [report_to]
+
+
+def _training_arguments(cfg: TrainConfig, workdir: Path, seed: int, device: str, has_eval: bool, select: bool):
+    from transformers import TrainingArguments
+
+    per_epoch = cfg.eval_steps <= 0
+    strategy = ("epoch" if per_epoch else "steps") if has_eval else "no"
+    save_strategy = ("epoch" if per_epoch else "steps") if select or not has_eval else strategy
+    return TrainingArguments(
+        output_dir=str(workdir / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        eval_strategy=strategy,
+        save_strategy=save_strategy,
+        eval_steps=None if per_epoch or not has_eval else cfg.eval_steps,
+        save_steps=500 if per_epoch else cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=select,
+        metric_for_best_model="macro_f1" if select else None,
+        greater_is_better=True if select else None,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        report_to=tracker_env(cfg.report_to, workdir),
+        seed=seed,
+        data_seed=seed,
+        use_cpu=device == "cpu",
+        label_names=["labels"],
+        dataloader_pin_memory=device == "cuda",
+        **precision_flags(cfg.precision, device),
+    )
+
+
+def remove_checkpoints(workdir: Path) -> None:
+    """Checkpoints are for resuming; once a member is saved they only take disk space."""
+    shutil.rmtree(Path(workdir) / "checkpoints", ignore_errors=True)
