@@ -102,6 +102,9 @@ MALFORMED = {
     "missing_label_value": (f"{HEADER_A}\na,ciao,,{LAB}\n", ["row 1", "'Anger'", "not 0 or 1"]),
     "empty_file": ("", ["empty"]),
     "bad_quote": (f'{HEADER_A}\na,"ciao,1,{LAB}\n', ["cannot parse"]),
+    "duplicate_column": (f"{HEADER_A},Anger\na,ciao,1,{LAB},0\n", ["'Anger'", "twice", "columns 3 and 13"]),
+    "nul_in_text": (f"{HEADER_A}\na,ciao,1,{LAB}\nb,ci\x00ao,1,{LAB}\n", ["row 2", "'text'", "NUL byte"]),
+    "header_only": (f"{HEADER_A}\n", ["0 data rows", "at least 1"]),
 }
 
 
@@ -116,6 +119,23 @@ def test_malformed_csv_cli(tmp_path, capsys, case):
     assert str(p) in err
     for piece in expected:
         assert piece in err, (piece, err)
+
+
+def test_nul_byte_in_a_quoted_text_and_in_jsonl(tmp_path):
+    p = _bad_csv(tmp_path, f'{HEADER_A}\na,"uno, due",1,{LAB}\nb,ok,1,{LAB}\nc,"tre\x00 quattro",1,{LAB}\n')
+    with pytest.raises(DataError, match=r"bad.csv: row 3, column 'text': NUL byte.*1 such row\(s\): 3"):
+        load_table(p, label_cols=TASK_A_LABELS)
+    j = tmp_path / "d.jsonl"
+    j.write_text('{"id": "a", "text": "uno"}\n{"id": "b", "text": "d\\u0000ue"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl: row 2, column 'text': NUL byte"):
+        load_table(j)
+
+
+def test_header_only_training_file_in_an_emit_folder(tmp_path):
+    d = write_emit(tmp_path / "emit")
+    (d / "emit_train_A.csv").write_text(HEADER_A + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"emit_train_A.csv: 0 data rows"):
+        load_emit(d, "A")
 
 
 def test_bad_encoding(tmp_path, capsys):

@@ -14,7 +14,8 @@ from emitlab.calibration import (
     f1_threshold_curves,
     fast_macro_f1,
 )
-from emitlab.data.split import stratified_split
+from emitlab.data.loading import DataError, TextDataset
+from emitlab.data.split import kfold_indices, split_dataset, stratified_split
 from emitlab.labels import TASK_A_LABELS
 from emitlab.metrics import evaluate, macro_f1
 
@@ -43,6 +44,54 @@ def test_real_split_balance(emit_data_dir):
     y = load_emit(emit_data_dir, "A").train.labels
     tr, va = stratified_split(y, 0.1, seed=42)
     assert (np.abs(y[tr].mean(0) - y[va].mean(0)) * 100).max() <= 1.0
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_too_few_rows_for_the_split_names_source_rows_and_minimum(n):
+    ds = TextDataset(ids=[str(i) for i in range(n)], texts=["x"] * n, labels=np.ones((n, 3), int),
+                     label_names=["a", "b", "c"], source="train.csv")
+    with pytest.raises(DataError, match=rf"^train.csv: {n} rows; the 90/10 split needs at least 2$"):
+        split_dataset(ds, 0.1, seed=1)
+    with pytest.raises(DataError, match=r"the 80/20 split needs at least 2"):
+        stratified_split(np.ones((n, 3), int), 0.2, source="train.csv")
+    tr, va = stratified_split(np.ones((2, 3), int), 0.1)
+    assert len(tr) == len(va) == 1
+
+
+def test_single_label_column_splits():
+    y = np.array([[0], [1]] * 20)
+    tr, va = stratified_split(y, 0.1, seed=3)
+    assert len(va) == 4 and y[va].sum() == 2
+    assert [y[v].sum() for _, v in kfold_indices(y, 5, seed=3)] == [4] * 5
+
+
+def test_kfold_indices_cover_every_row_once_and_are_stratified():
+    y = random_labels(n=1000)
+    folds = kfold_indices(y, 5, seed=11)
+    assert len(folds) == 5
+    val = np.concatenate([va for _, va in folds])
+    assert np.array_equal(np.sort(val), np.arange(len(y)))  # each row in exactly one validation fold
+    for tr, va in folds:
+        assert tr.dtype == va.dtype == np.int64
+        assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == len(y)
+        assert 195 <= len(va) <= 205
+    pos = np.array([y[va].sum(0) for _, va in folds])  # positives per fold and label
+    assert (pos.max(0) - pos.min(0)).max() <= 2, pos
+
+
+def test_kfold_indices_seeded():
+    y = random_labels(n=300)
+    a, b, c = kfold_indices(y, 4, seed=1), kfold_indices(y, 4, seed=1), kfold_indices(y, 4, seed=2)
+    assert all(np.array_equal(x[1], z[1]) and np.array_equal(x[0], z[0]) for x, z in zip(a, b))
+    assert not all(np.array_equal(x[1], z[1]) for x, z in zip(a, c))
+
+
+def test_kfold_indices_too_few_rows():
+    with pytest.raises(DataError, match=r"^train.csv: 4 rows; 5-fold cross-fitting needs at least 5$"):
+        kfold_indices(np.ones((4, 3), int), 5, seed=0, source="train.csv")
+    assert [len(va) for _, va in kfold_indices(np.eye(5, dtype=int), 5, seed=0)] == [1] * 5
+    with pytest.raises(ValueError, match="k must be at least 2"):
+        kfold_indices(np.ones((4, 3), int), 1, seed=0)
 
 
 @pytest.mark.parametrize("seed", range(5))

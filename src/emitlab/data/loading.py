@@ -2,11 +2,15 @@
 
 Every problem found in the input is reported as a :class:`DataError` whose message names the
 file, the row (1-based data row, header excluded) and the column, so that a user can fix the
-file; rows are never dropped silently.
+file; rows are never dropped silently. Three kinds of broken file that pandas would accept are
+refused too: a CSV header naming a column twice (pandas would rename the second ``Anger.1``
+and it would be ignored), a file with a header but no data rows, and a NUL byte in an id or a
+text (social-media text never holds one: it means a corrupt or binary file, not a text to keep).
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -129,12 +133,26 @@ def _read_frame(raw: bytes | Path, name: str) -> pd.DataFrame:
             return pd.DataFrame(rows)
         if suffix == ".json":
             return pd.DataFrame(json.loads(text))
+        _check_csv_header(text, name)
         # keep ids and texts as strings: ids like "0012" must not become numbers
         return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
     except DataError:
         raise
     except (pd.errors.ParserError, json.JSONDecodeError, ValueError) as exc:
         raise DataError(f"{name}: cannot parse ({str(exc).splitlines()[0]})") from None
+
+
+def _check_csv_header(text: str, name: str) -> None:
+    """Refuse a header naming a column twice: pandas would rename the second ``X.1`` silently."""
+    header = next(csv.reader(io.StringIO(text)), [])
+    seen: dict[str, int] = {}
+    for pos, col in enumerate(header, 1):
+        if col.strip() and col in seen:
+            raise DataError(
+                f"{name}: column {col!r} appears twice in the header (columns {seen[col]} and {pos}); "
+                "rename or remove one"
+            )
+        seen.setdefault(col, pos)
 
 
 def _check_columns(df: pd.DataFrame, needed: Sequence[str], name: str) -> None:
@@ -150,6 +168,17 @@ def _row_list(rows: np.ndarray | list[int], limit: int = 5) -> str:
     rows = [int(r) + 1 for r in rows]
     shown = ", ".join(map(str, rows[:limit]))
     return shown + (f" (and {len(rows) - limit} more)" if len(rows) > limit else "")
+
+
+def _check_no_nul(df: pd.DataFrame, cols: Sequence[str], name: str) -> None:
+    for col in cols:
+        nul = df[col].map(lambda v: isinstance(v, str) and "\x00" in v).to_numpy(dtype=bool)
+        if nul.any():
+            rows = np.flatnonzero(nul)
+            raise DataError(
+                f"{name}: row {rows[0] + 1}, column {col!r}: NUL byte (\\x00) in the value; the file is "
+                f"probably corrupt ({len(rows)} such row(s): {_row_list(rows)})"
+            )
 
 
 def _parse_label_columns(df: pd.DataFrame, label_cols: Sequence[str], name: str) -> np.ndarray:
@@ -212,9 +241,12 @@ def dataset_from_frame(
 
     Labels come either from one 0/1 column per label (``label_cols``) or from one column
     holding a list of label names (``label_list_col``); with neither, the set is unlabelled.
+    A table without rows, or with a NUL byte in an id or a text, is a :class:`DataError`.
     """
     if label_cols and label_list_col:
         raise DataError("give either label columns or one label-list column, not both")
+    if len(df) == 0:
+        raise DataError(f"{name}: 0 data rows (a header only); at least 1 is needed")
     needed = [text_col] + ([id_col] if id_col and id_col in df.columns else [])
     needed += list(label_cols or []) + ([label_list_col] if label_list_col else [])
     _check_columns(df, needed, name)
@@ -227,6 +259,7 @@ def dataset_from_frame(
             f"{name}: row {rows[0] + 1}, column {text_col!r}: empty or missing text "
             f"({len(rows)} such row(s): {_row_list(rows)})"
         )
+    _check_no_nul(df, [text_col] + ([id_col] if id_col and id_col in df.columns else []), name)
     if id_col and id_col in df.columns:
         ids = df[id_col]
         if ids.isna().any():
