@@ -37,3 +37,28 @@ def emit_folder(tmp_path_factory) -> Path:
     from synthetic import write_emit_folder
 
     return write_emit_folder(tmp_path_factory.mktemp("emit"))
+
+
+#: Flags that make the tiny BERT learn the synthetic cues in a few seconds.
+TINY_TRAIN = ["--epochs", "3", "--batch-size", "16", "--learning-rate", "3e-3", "--head-learning-rate", "1e-2",
+              "--max-length", "48", "--report-to", "none", "--no-freeze-word-embeddings", "--logging-steps", "5"]
+#: Cross-fitting small enough for tests: 3 folds for the cheap members, 2 for the transformer.
+TINY_FOLDS = ["--folds", "3", "--transformer-folds", "2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model, emit_folder, tmp_path_factory) -> Path:
+    """One ``emitlab run`` (every member, cross-fitted, combined, exported, no report) shared by
+    the tests that need a trained run folder or a whole-ensemble export."""
+    from emitlab.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["-q", "run", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--no-report"] + TINY_TRAIN + TINY_FOLDS) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run) -> Path:
+    """The whole-ensemble export of :func:`tiny_run` (read-only: copy it before changing it)."""
+    return tiny_run / "model"

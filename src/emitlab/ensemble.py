@@ -200,7 +200,7 @@ class Candidate:
     nested_fold_scores: list[float] = field(default_factory=list)
 
 
-def candidates(member_names: Sequence[str], cfg) -> list[Candidate]:
+def candidates(member_names: Sequence[str], cfg, seed: int = 0) -> list[Candidate]:
     """Each member alone, the averages (probabilities and logits) and the stacker."""
     m = len(member_names)
     out = []
@@ -213,7 +213,7 @@ def candidates(member_names: Sequence[str], cfg) -> list[Candidate]:
             out.append(Candidate("average_prob", lambda: WeightedAverage("prob", step=cfg.weight_step or None)))
             out.append(Candidate("average_logit", lambda: WeightedAverage("logit", step=cfg.weight_step or None)))
         if "stacker" in cfg.combiners:
-            out.append(Candidate("stacker", lambda: Stacker(C=cfg.stacker_C, seed=cfg.seed)))
+            out.append(Candidate("stacker", lambda: Stacker(C=cfg.stacker_C, seed=seed)))
     return out
 
 
@@ -262,26 +262,22 @@ class Choice:
 
 
 def choose_combiner(member_names: Sequence[str], probs: Sequence[np.ndarray], y: np.ndarray,
-                    label_names: Sequence[str], cal, cfg) -> tuple[Choice, dict[str, tuple]]:
+                    label_names: Sequence[str], cal, cfg, seed: int = 0) -> tuple[Choice, dict[str, tuple]]:
     """Score every candidate by nested CV on the out-of-fold rows, keep the best, refit it.
 
     Returns the choice and, for every candidate, ``(combiner, calibration, fitted output)``
     refitted on all rows (so that the report can show all of them side by side)."""
-    cands = candidates(member_names, cfg)
+    cands = candidates(member_names, cfg, seed)
     fitted: dict[str, tuple] = {}
     for c in cands:
         c.nested_macro_f1, c.nested_fold_scores, _ = nested_score(c.make, probs, y, label_names, cal,
-                                                                  cfg.nested_folds, cfg.seed)
+                                                                  cfg.nested_folds, seed)
         fitted[c.name] = fit_and_calibrate(c.make, probs, y, label_names, cal)
         log.info("combiner %-14s nested out-of-fold macro-F1 %.4f", c.name, c.nested_macro_f1)
     # ties keep the earlier (simpler) candidate
     best = max(cands, key=lambda c: (round(c.nested_macro_f1, 6), -cands.index(c)))
     comb, report, out = fitted[best.name]
     return Choice(best.name, comb, report, cands, out), fitted
-
-
-def decode_with(report: CalibrationReport, probs: np.ndarray) -> np.ndarray:
-    return report.decoder.decode(probs)
 
 
 __all__ = ["WeightedAverage", "Stacker", "combiner_from_dict", "choose_combiner", "nested_score", "Choice",

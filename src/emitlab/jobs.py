@@ -183,7 +183,8 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     t = time.time()
     y_rows = y[rows]
     probs_rows = [fitted[m].oof for m in members]
-    choice, all_fitted = choose_combiner(members, probs_rows, y_rows, label_names, cal, ens_cfg)
+    choice, all_fitted = choose_combiner(members, probs_rows, y_rows, label_names, cal, ens_cfg,
+                                          seed=cfgs[DataConfig].seed)
     timings["combination"] = time.time() - t
 
     scored: dict[str, Scored] = {}
