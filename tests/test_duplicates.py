@@ -106,7 +106,11 @@ def test_data_validate_reports_duplicates_and_writes_json(tmp_path, capsys):
 def test_real_emit_train_test_overlap_is_reported(emit_data_dir, tmp_path, capsys):
     out = tmp_path / "report.json"
     assert main(["data", "validate", "--data", str(emit_data_dir), "--json", str(out)]) == 0
-    test = json.loads(out.read_text())["duplicates"]["against_train"]["test"]
+    dups = json.loads(out.read_text())["duplicates"]
+    test = dups["against_train"]["test"]
     n = test["exact"]["rows"]
     assert n > 0 and test["exact"]["texts"] <= n <= test["cleaned"]["rows"]
     assert f"duplicates exact   test vs train: {n} of {test['rows']} rows" in capsys.readouterr().out
+    # the numbers the README quotes
+    assert (n, test["exact"]["texts"], test["exact"]["same_labels"]) == (97, 91, 64)
+    assert [dups["train"]["exact"][k] for k in ("groups", "rows", "label_conflicts")] == [202, 500, 84]
