@@ -18,7 +18,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from emitlab.cli import main  # noqa: E402
-from emitlab.serving.app import create_app, load_classifier  # noqa: E402
+from emitlab.serving.app import BodyLimit, create_app, default_max_body_bytes, load_classifier  # noqa: E402
 
 from synthetic import write_emit_folder  # noqa: E402
 
@@ -90,7 +90,7 @@ def test_labels_and_health(client, classifier, export_dir):
     assert body["decoding"]["at_least_one"] == meta["decoder"]["at_least_one"]
     assert body["decoding"]["neutral_exclusive"] == meta["decoder"]["neutral_exclusive"]
     assert body["decoding"]["rules"] and "threshold" in body["decoding"]["rules"][0]
-    assert body["limits"] == {"max_texts": 4, "max_chars": 50}
+    assert body["limits"] == {"max_texts": 4, "max_chars": 50, "max_body_bytes": default_max_body_bytes(4, 50)}
     h = client.get("/health")
     assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["model"]["n_labels"] == 10
 
@@ -119,6 +119,73 @@ def test_malformed_bodies_are_422(client):
     assert client.post("/predict", json={"texts": [1, 2]}).status_code == 422
     assert client.post("/predict", json={"txt": "typo"}).status_code == 422
     assert client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+
+
+# ----------------------------------------------------------------------------- body size limit
+
+
+@pytest.fixture(scope="module")
+def small_body_client(classifier):
+    app = create_app(classifier, max_texts=4, max_chars=50, model_name="tiny", max_body_bytes=2000)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_body_over_content_length_limit_is_413_before_parsing(small_body_client):
+    big = json.dumps({"text": "x" * 3000}).encode()
+    r = small_body_client.post("/predict", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.headers["content-type"] == "application/json"
+    detail = r.json()["detail"]
+    assert f"{len(big)} bytes, at most 2000 (max_body_bytes)" in detail
+    # not even parsed: a malformed body over the limit is 413, not 422
+    r = small_body_client.post("/predict", content=b"{" * 2001, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    ok = small_body_client.post("/predict", json={"texts": ["felice evviva", "paura"]})
+    assert ok.status_code == 200, ok.text
+
+
+def test_chunked_body_without_content_length_is_counted(small_body_client):
+    def chunks(n):
+        yield b'{"text": "'
+        for _ in range(n):
+            yield b"x" * 100
+        yield b'"}'
+
+    r = small_body_client.post("/predict", content=chunks(30), headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers and r.request.headers["transfer-encoding"] == "chunked"
+    assert r.status_code == 413 and "more than 2000 bytes" in r.json()["detail"]
+    r = small_body_client.post("/predict", content=chunks(0), headers={"content-type": "application/json"})
+    assert r.status_code == 422  # within the limit: parsed, and the empty text refused as usual
+
+
+def test_body_limit_stops_reading_a_stream_at_the_limit():
+    import asyncio
+
+    received, sent, called = [], [], []
+
+    async def app(scope, receive, send):
+        called.append(True)
+
+    async def receive():
+        received.append(1)
+        return {"type": "http.request", "body": b"a" * 10, "more_body": True}  # never ends
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+    asyncio.run(BodyLimit(app, max_bytes=95)(scope, receive, send))
+    assert not called and len(received) == 10  # 100 bytes read: the first count past 95
+    assert sent[0]["status"] == 413 and b"more than 95 bytes" in sent[1]["body"]
+
+
+def test_default_body_limit_admits_the_largest_valid_request(client):
+    assert default_max_body_bytes(64, 2000) >= 2**20
+    assert len(json.dumps({"texts": ["\U0001F602" * 2000] * 64}).encode()) <= default_max_body_bytes(64, 2000)
+    largest = json.dumps({"texts": ["\U0001F602" * 50] * 4}).encode()  # client: 4 texts of 50 characters
+    assert len(largest) > 2000
+    r = client.post("/predict", content=largest, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
 
 
 def test_openapi_and_docs(client):
@@ -170,8 +237,34 @@ def test_serve_cli_registration():
     assert (args.model, args.host, args.port, args.backend, args.max_texts, args.max_chars) == \
         ("m.zip", "127.0.0.1", 9001, "onnx", 8, 2000)
     assert args.func is cmd_serve
+    assert args.max_body_bytes is None
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--model", "m", "--max-texts", "0"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--model", "m", "--max-body-bytes", "0"])
+
+
+def test_serve_defaults_to_localhost_and_passes_the_body_limit(monkeypatch):
+    import argparse
+
+    import uvicorn
+
+    import emitlab.serving.app as app_module
+    from emitlab.serving.cli import register_cli
+
+    class Clf:
+        label_names = ["Joy"]
+
+    calls = {}
+    monkeypatch.setattr(app_module, "load_classifier", lambda model, **kw: Clf())
+    monkeypatch.setattr(app_module, "create_app", lambda clf, **kw: calls.setdefault("app", kw) and "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.setdefault("run", kw))
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--model", "m", "--max-body-bytes", "4096"])
+    assert args.func(args) == 0
+    assert calls["run"]["host"] == "127.0.0.1"
+    assert calls["app"]["max_body_bytes"] == 4096
 
 
 # ----------------------------------------------------------------------------- browser
@@ -200,6 +293,20 @@ def live_server(classifier):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(10)
+
+
+def test_live_server_refuses_a_large_chunked_upload(live_server):
+    import httpx
+
+    def chunks():
+        yield b'{"text": "'
+        for _ in range(40):  # 2.5 MiB in 64 KiB chunks, over the default limit of about 1.5 MiB
+            yield b"x" * 65536
+        yield b'"}'
+
+    r = httpx.post(live_server + "/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and f"more than {default_max_body_bytes(64, 2000)} bytes" in r.json()["detail"]
+    assert httpx.post(live_server + "/predict", json={"text": "felice"}).status_code == 200
 
 
 def test_demo_page_in_headless_chromium(live_server, classifier, tmp_path):

@@ -72,13 +72,25 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
     cfg = build_configs(args, [DataConfig])[DataConfig]
     data = load_data(cfg)
+    sets = {}
     for name in ("train", "test", "test_ood", "test_nolabel", "ood_nolabel"):
         ds = getattr(data, name)
         if ds is not None:
             kind = f"{len(ds.label_names)} labels" if ds.labels is not None else "no labels"
             print(f"ok  {name:<13} {len(ds):>6} rows, {kind}  ({ds.source})")
+            sets[name] = {"source": ds.source, "rows": len(ds), "labels": ds.label_names if ds.has_labels else []}
     for w in data.warnings:
         print("note:", w)
+    from .data.duplicates import duplicate_report, report_lines
+
+    dups = duplicate_report(data)
+    print("\n".join(report_lines(dups)))
+    if args.json:
+        import json
+
+        report = {"sets": sets, "notes": data.warnings, "duplicates": dups}
+        Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        print(f"report written to {args.json}")
     return 0
 
 
@@ -201,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = data_sub.add_parser("validate", help="Load and validate a dataset; report problems by file, row and column.",
                                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(validate, DataConfig)
+    validate.add_argument("--json", default="", help="Also write the report (sets, notes, duplicate texts) as JSON.")
     validate.set_defaults(func=cmd_data_validate)
     data.set_defaults(func=lambda a: (data.print_help(), 1)[1])
 

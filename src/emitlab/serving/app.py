@@ -12,6 +12,10 @@ The model is CPU-bound, so ``/predict`` is a plain ``def`` endpoint (FastAPI run
 threadpool, keeping the event loop free) and one lock serialises the forward passes: torch
 already uses every core for one batch, and tokenizer/model state is never shared between two
 requests at once.
+
+Request bodies are limited before anything parses them (:class:`BodyLimit`): a body over
+``max_body_bytes`` gets 413, whether it announces its length or streams it in chunks. The
+default limit is the size of the largest valid request, so it never refuses one.
 """
 
 # No ``from __future__ import annotations``: FastAPI must see the request model defined inside
@@ -24,7 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 DECODING_RULES = {
@@ -63,7 +67,8 @@ class LabelsResponse(BaseModel):
     labels: list[str] = Field(description="Label names, in the model's output order.")
     thresholds: dict[str, float] = Field(description="Decision threshold per label.")
     decoding: dict[str, Any] = Field(description="Decoding rules applied after the thresholds (flags and their meaning).")
-    limits: dict[str, int] = Field(description="Request limits: max_texts per request, max_chars per text.")
+    limits: dict[str, int] = Field(
+        description="Request limits: max_texts per request, max_chars per text, max_body_bytes per request body.")
     model: ModelInfo
 
 
@@ -95,19 +100,82 @@ def _model_info(classifier, name: str | None) -> ModelInfo:
     )
 
 
+def default_max_body_bytes(max_texts: int, max_chars: int) -> int:
+    """The largest valid request body, at least 64 KiB.
+
+    In JSON a character takes at most 12 bytes (an astral character written as two ``\\uXXXX``
+    escapes, as Python's ``json.dumps`` does); 64 bytes per text cover quotes, commas and
+    spacing. With the defaults (64 texts of 2000 characters) this is about 1.5 MiB.
+    """
+    return max(64 * 1024, max_texts * (12 * max_chars + 64))
+
+
+class BodyLimit:
+    """ASGI middleware: answer 413 to a request body over ``max_bytes`` before it is parsed.
+
+    A larger ``Content-Length`` is refused at once; otherwise the body is read and counted
+    here, so a chunked body (no ``Content-Length``) is stopped as soon as it passes the limit,
+    and the application gets the body only when it is within the limit.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"").strip()
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._too_large(scope, receive, send, f"{int(length)} bytes, at most {self.max_bytes}")
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send, f"more than {self.max_bytes} bytes")
+                return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send, size: str) -> None:
+        detail = f"request body too large: {size} (max_body_bytes); send fewer or shorter texts"
+        await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+
+
 def index_html() -> str:
     return resources.files("emitlab.serving").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
 def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_name: str | None = None,
-               batch_size: int = 32):
+               batch_size: int = 32, max_body_bytes: int | None = None):
     """The FastAPI application serving ``classifier`` (an :class:`EmotionClassifier`).
 
     ``max_texts``: most texts per ``/predict`` request (more: 413). ``max_chars``: longest
     text in characters (longer: 422 naming the index). ``model_name``: shown in responses.
+    ``max_body_bytes``: largest request body (more: 413, before parsing); default
+    :func:`default_max_body_bytes`.
     """
     if max_texts < 1 or max_chars < 1:
         raise ValueError("max_texts and max_chars must be at least 1")
+    if max_body_bytes is None:
+        max_body_bytes = default_max_body_bytes(max_texts, max_chars)
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be at least 1")
     from ..inference import rows_from_probs
 
     lock = threading.Lock()
@@ -161,9 +229,11 @@ def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_nam
         ),
     )
     app.state.classifier = classifier
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.post("/predict", response_model=PredictResponse, summary="Classify one or more texts",
-              responses={413: {"model": ErrorResponse, "description": "More than max_texts texts."},
+              responses={413: {"model": ErrorResponse,
+                                    "description": "More than max_texts texts, or a body over max_body_bytes."},
                          422: {"description": "Empty or too long text, or a malformed body."}})
     def predict(req: PredictRequest) -> PredictResponse:
         t0 = time.perf_counter()
@@ -188,7 +258,8 @@ def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_nam
             + [DECODING_RULES[k] for k in ("at_least_one", "neutral_exclusive") if getattr(decoder, k)],
         }
         return LabelsResponse(labels=labels, thresholds=thresholds, decoding=decoding,
-                              limits={"max_texts": max_texts, "max_chars": max_chars}, model=info)
+                              limits={"max_texts": max_texts, "max_chars": max_chars,
+                                      "max_body_bytes": max_body_bytes}, model=info)
 
     @app.get("/health", response_model=HealthResponse, summary="Liveness check")
     def health() -> HealthResponse:

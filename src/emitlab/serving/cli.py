@@ -36,6 +36,9 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: cpu; torch backend).")
     p.add_argument("--max-texts", type=_positive_int, default=64, help="Most texts per /predict request (default: 64).")
     p.add_argument("--max-chars", type=_positive_int, default=2000, help="Longest text in characters (default: 2000).")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=None,
+                   help="Largest request body in bytes; bigger bodies get 413 before parsing (default: the largest "
+                        "valid request, max-texts x (12 x max-chars + 64), at least 64 KiB: about 1.5 MiB).")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="Texts per forward pass (default: 32).")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default: info).")
@@ -53,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     clf = load_classifier(args.model, backend=args.backend, device=args.device)
     name = Path(args.model).name
     app = create_app(clf, max_texts=args.max_texts, max_chars=args.max_chars, model_name=name,
-                     batch_size=args.batch_size)
+                     batch_size=args.batch_size, max_body_bytes=args.max_body_bytes)
     print(f"emitlab serve: {name} ({len(clf.label_names)} labels, backend {args.backend}) "
           f"on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
