@@ -43,7 +43,7 @@ def emit_folder(tmp_path_factory) -> Path:
 TINY_TRAIN = ["--epochs", "3", "--batch-size", "16", "--learning-rate", "3e-3", "--head-learning-rate", "1e-2",
               "--max-length", "48", "--report-to", "none", "--no-freeze-word-embeddings", "--logging-steps", "5"]
 #: Cross-fitting small enough for tests: 3 folds for the cheap members, 2 for the transformer.
-TINY_FOLDS = ["--folds", "3", "--transformer-folds", "2"]
+TINY_FOLDS = ["--folds", "3", "--transformer-folds", "2", "--nested-folds", "3"]
 
 
 @pytest.fixture(scope="session")

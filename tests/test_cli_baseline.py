@@ -19,13 +19,16 @@ def test_baseline_run_folder(emit_folder, tmp_path, capsys, task, labels):
     out = tmp_path / "run"
     assert main(["-q", "baseline", "--data", str(emit_folder), "--task", task, "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 <= metrics["validation"]["macro_f1"] <= 1
-    assert set(metrics["test"]["per_label"]) == set(labels)
-    assert metrics["test"]["macro_f1"] > 0.6  # the synthetic cues are easy to learn
+    tfidf = metrics["models"]["tfidf"]
+    assert set(metrics["models"]) == {"tfidf"} and metrics["best_model"] == "tfidf"
+    assert 0 <= tfidf["validation"]["macro_f1"] <= 1
+    assert set(tfidf["test"]["per_label"]) == set(labels)
+    assert tfidf["test"]["macro_f1"] > 0.6  # the synthetic cues are easy to learn
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["data"]["task"] == task and "baseline" in cfg and "cleaning" in cfg and "versions" in cfg
-    split = json.loads((out / "split.json").read_text())
-    assert len(split["validation_ids"]) == 30 and len(split["train_ids"]) == 270
+    assert cfg["data"]["task"] == task and "tfidf" in cfg and "cleaning" in cfg and "versions" in cfg
+    folds = json.loads((out / "folds.json").read_text())  # 5-fold cross-fitting by default
+    assert sorted(set(folds["default"]["fold_of_row"])) == [0, 1, 2, 3, 4] and len(folds["ids"]) == 300
+    assert metrics["selection"] == {"rows": "out-of-fold", "n": 300, "folds": {"default": 5, "transformer": 5}}
     sub = pd.read_csv(out / f"submission_task-{task}_test.csv", dtype={"id": str})
     gold = pd.read_csv(emit_folder / "emit_test.csv", dtype={"id": str})
     assert list(sub.columns) == ["id"] + labels and sub["id"].tolist() == gold["id"].tolist()
@@ -48,11 +51,12 @@ def test_run_folder_is_never_overwritten_silently(emit_folder, tmp_path, capsys)
 
 def test_config_file_and_flags(emit_folder, tmp_path):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"data:\n  data: {emit_folder}\n  seed: 3\nbaseline:\n  C: 0.5\n")
+    cfg.write_text(f"data:\n  data: {emit_folder}\n  seed: 3\ntfidf:\n  C: 0.5\nrun:\n  folds: 1\n")
     out = tmp_path / "run"
     assert main(["-q", "baseline", "--config", str(cfg), "--seed", "5", "--out", str(out)]) == 0
     saved = json.loads((out / "config.json").read_text())
-    assert saved["baseline"]["C"] == 0.5 and saved["data"]["seed"] == 5
+    assert saved["tfidf"]["C"] == 0.5 and saved["data"]["seed"] == 5 and saved["run"]["folds"] == 1
+    assert json.loads((out / "metrics.json").read_text())["selection"]["n"] == 30
 
 
 def test_data_stats_png(emit_folder, tmp_path, capsys):

@@ -15,8 +15,7 @@ from emitlab.cli import main
 from emitlab.inference import EmotionClassifier
 
 
-TRAIN_ARGS = ["--epochs", "3", "--batch-size", "16", "--learning-rate", "3e-3", "--head-learning-rate", "1e-2",
-              "--max-length", "48", "--report-to", "none", "--no-freeze-word-embeddings", "--logging-steps", "5"]
+from conftest import TINY_TRAIN as TRAIN_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -27,29 +26,38 @@ def trained_run(tiny_model, emit_folder, tmp_path_factory):
     return out
 
 
+FOLD = "model/members/transformer/fold-0"
+
+
 def test_train_run_folder(trained_run):
     m = json.loads((trained_run / "metrics.json").read_text())
-    assert m["training"]["global_steps"] > 0 and m["training"]["device"] == "cpu"
-    assert {"raw", "macro_f1", "per_label"} <= set(m["test"])
-    assert m["export"]["reload_max_abs_diff"] <= 1e-6
+    assert set(m["models"]) == {"transformer"} and m["selection"]["rows"] == "validation split"
+    training = m["members"]["transformer"]["training"][0]
+    assert training["global_steps"] > 0 and training["device"] == "cpu"
+    t = m["models"]["transformer"]
+    assert {"raw", "macro_f1", "per_label"} <= set(t["test"])
+    assert m["export"]["reload_max_abs_diff"] == 0.0
     # the validation probabilities are aligned with the validation rows: scoring them at 0.5
     # reproduces the Trainer's own evaluation of the best checkpoint
-    assert m["validation"]["raw"]["macro_f1"] == pytest.approx(m["training"]["best_validation_macro_f1_at_0.5"], abs=1e-6)
-    for f in ("config.json", "split.json", "trainer_log.json", "submission_task-A_test.csv", "submission_task-A_ood.csv",
-              "model/emitlab.json", "model/classifier.safetensors", "model/config.json", "model.zip"):
+    assert t["validation"]["raw"]["macro_f1"] == pytest.approx(training["best_eval_macro_f1_at_0.5"], abs=1e-6)
+    for f in ("config.json", "folds.json", "trainer_log.json", "submission_task-A_test.csv", "submission_task-A_ood.csv",
+              "model/emitlab.json", f"{FOLD}/classifier.safetensors", f"{FOLD}/config.json", f"{FOLD}/network.json",
+              "model.zip"):
         assert (trained_run / f).exists(), f
+    assert not (trained_run / FOLD / "checkpoints").exists()
     history = json.loads((trained_run / "trainer_log.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses[-1] < losses[0]  # it learned
-    assert m["validation"]["macro_f1"] > 0.4
+    assert t["validation"]["macro_f1"] > 0.4
 
 
 def test_reload_equals_training_probabilities(trained_run):
     m = json.loads((trained_run / "metrics.json").read_text())
     meta = json.loads((trained_run / "model" / "emitlab.json").read_text())
+    network = json.loads((trained_run / FOLD / "network.json").read_text())
     assert meta["labels"][0] == "Anger" and len(meta["decoder"]["thresholds"]) == 10
-    assert meta["cleaning"]["urls"] == "token" and meta["max_length"] == 48
-    assert meta["metrics"]["test"] == pytest.approx(m["test"]["macro_f1"])
+    assert meta["cleaning"]["urls"] == "token" and network["max_length"] == 48
+    assert meta["metrics"]["test"] == pytest.approx(m["models"]["transformer"]["test"]["macro_f1"])
     a = EmotionClassifier.from_pretrained(trained_run / "model")
     b = EmotionClassifier.from_pretrained(trained_run / "model.zip")
     texts = ["che paura terrore oggi", "amore cuore 😂 #Bello", "x"]
@@ -83,7 +91,7 @@ def test_task_b_and_cls_pooling_and_focal(tiny_model, emit_folder, tmp_path):
             "--pooling", "cls", "--loss", "focal", "--pos-weight", "neg_pos"] + TRAIN_ARGS
     assert main(args) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert set(m["test"]["per_label"]) == {"Direction", "Topic"}
+    assert set(m["models"]["transformer"]["test"]["per_label"]) == {"Direction", "Topic"}
     clf = EmotionClassifier.from_pretrained(out / "model")
     assert clf.predict_proba(["ciao"]).shape == (1, 2)
 
@@ -96,11 +104,11 @@ def test_resume_after_crash(tiny_model, emit_folder, tmp_path):
     crashed = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert crashed.returncode == 3, crashed.stderr[-2000:]
     assert not (out / "model").exists() and not (out / "metrics.json").exists()
-    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (out / "work" / "transformer" / "fold-0" / "checkpoints").iterdir())
     assert "checkpoint-10" in checkpoints
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in (out / "run.log").read_text()
     m = json.loads((out / "metrics.json").read_text())
-    assert m["training"]["global_steps"] == 20
+    assert m["members"]["transformer"]["training"][0]["global_steps"] == 20
     assert EmotionClassifier.from_pretrained(out / "model").predict_proba(["ciao"]).shape == (1, 10)

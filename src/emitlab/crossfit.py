@@ -60,11 +60,12 @@ class FoldPlan:
         return {"k": self.k, "n": self.n, "seed": self.seed, "fold_of_row": fold_of.tolist()}
 
 
-def kfold_plan(labels: np.ndarray, k: int, seed: int) -> FoldPlan:
+def kfold_plan(labels: np.ndarray, k: int, seed: int, source: str = "the data") -> FoldPlan:
     """K folds by multilabel iterative stratification (every row held out exactly once)."""
     from .data.split import kfold_indices
 
-    plan = FoldPlan([(np.asarray(tr), np.asarray(te)) for tr, te in kfold_indices(labels, k, seed)], len(labels), seed)
+    folds = kfold_indices(labels, k, seed, source=source)
+    plan = FoldPlan([(np.asarray(tr), np.asarray(te)) for tr, te in folds], len(labels), seed)
     plan.check()
     return plan
 
@@ -143,6 +144,8 @@ def crossfit(
                     with open(tmp, "wb") as fh:
                         np.savez(fh, **preds)
                 atomic_write_json(folder / FOLD_FILE, record)
+                if hasattr(member, "cleanup"):  # e.g. training checkpoints, no longer needed once saved
+                    member.cleanup()
         oof_full[held] = preds["heldout"]
         for s in sets:
             sums[s] += preds[s]

@@ -118,7 +118,7 @@ class Stacker:
     kind = "stacker"
     name = "stacker"
 
-    def __init__(self, C: float = 1.0, inner_folds: int = 5, seed: int = 0,
+    def __init__(self, C: float = 1.0, inner_folds: int = 3, seed: int = 0,
                  W: np.ndarray | None = None, b: np.ndarray | None = None):
         self.C = C
         self.inner_folds = inner_folds

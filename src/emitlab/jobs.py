@@ -76,13 +76,13 @@ def fold_plans(data: EmitData, cfgs: dict, run: RunDir) -> dict[str, FoldPlan]:
     y = data.train.labels
     n = len(data.train)
     if run_cfg.folds <= 1:
-        tr, va = stratified_split(y, dcfg.val_fraction, dcfg.seed)
+        tr, va = stratified_split(y, dcfg.val_fraction, dcfg.seed, source=data.train.source)
         default = split_plan(tr, va, n, dcfg.seed)
         plans = {"default": default, "transformer": default}
     else:
-        default = kfold_plan(y, run_cfg.folds, dcfg.seed)
+        default = kfold_plan(y, run_cfg.folds, dcfg.seed, data.train.source)
         k_tr = run_cfg.transformer_folds or run_cfg.folds
-        plans = {"default": default, "transformer": default if k_tr == run_cfg.folds else kfold_plan(y, k_tr, dcfg.seed)}
+        plans = {"default": default, "transformer": default if k_tr == run_cfg.folds else kfold_plan(y, k_tr, dcfg.seed, data.train.source)}
     run.write_json("folds.json", {"ids": data.train.ids, **{name: p.to_dict() for name, p in plans.items()}})
     return plans
 
