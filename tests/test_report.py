@@ -1,104 +1,29 @@
-"""The HTML run report: self-contained, every section present, graceful without optional files,
-and rendering cleanly in headless Chromium (made-up texts and probabilities; no EMit data)."""
+"""The HTML run report: self-contained, every section present, built from what the cross-fitting
+engine writes (metrics schema 2), graceful without optional files, still readable for schema-1
+folders, and rendering cleanly in headless Chromium (made-up texts; no EMit data)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from emitlab.data.loading import TextDataset
 from emitlab.data.stats import DatasetStats, compute_stats
 from emitlab.labels import TASK_A_LABELS
-from emitlab.pipeline import score_model
-from emitlab.report import SECTIONS, write_report
-from emitlab.settings import CalibrationConfig
+from emitlab.report import RunData, load_run, pr_curve, section_titles, stacker_weights, write_report
 
 from synthetic import make_rows
+from test_report_helpers import HOSTILE_ESCAPED, baseline_split_run, make_schema1_folder, schema2_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-MODEL_STRENGTH = {"baseline": 0.9, "transformer": 1.5}
-
-
-def _probs(y: np.ndarray, strength: float, seed: int) -> np.ndarray:
-    """Plausible probabilities: gold pushes the logit up, prevalence-ish bias pushes it down."""
-    rng = np.random.default_rng(seed)
-    logits = strength * (2 * y - 1) - 1.0 + rng.normal(0, 1.3, y.shape)
-    return 1 / (1 + np.exp(-logits))
-
-
-def _trainer_log(steps: int = 120) -> list[dict]:
-    log = []
-    for s in range(10, steps + 1, 10):
-        log.append({"loss": round(0.7 * np.exp(-s / 60) + 0.1, 4), "step": s, "epoch": s / 40,
-                    "learning_rate": 1e-4 * (1 - s / steps), "grad_norm": 1.0})
-        if s % 40 == 0:
-            log.append({"eval_macro_f1": 0.3 + s / 600, "eval_loss": 0.5 - s / 1000, "step": s, "epoch": s / 40})
-    log.append({"train_runtime": 100.0, "train_loss": 0.3, "step": steps, "epoch": 3.0})
-    return log
-
-
-def make_run_folder(path: Path, *, models=("baseline", "transformer", "ensemble"), test_gold: bool = True,
-                    trainer_log: bool = True, data_stats: bool = True, n_val: int = 160, n_test: int = 120) -> Path:
-    """A run folder shaped like what ``emitlab run`` writes, built with the real scoring code."""
-    path.mkdir(parents=True, exist_ok=True)
-    labels = list(TASK_A_LABELS)
-    val_ids, val_texts, y_val, _ = make_rows(n_val, 11, "va")
-    val_texts = [t + (" <script>alert('x')</script> & «ciao»" if i % 5 == 0 else "") for i, t in enumerate(val_texts)]
-    test_ids, test_texts, y_test, _ = make_rows(n_test, 12, "te")
-    test = TextDataset(test_ids, test_texts, y_test if test_gold else None, labels)
-    ood = TextDataset([f"o{i}" for i in range(30)], ["testo fuori dominio"] * 30, None, labels)
-    cal = CalibrationConfig(repeats=4)
-    probs: dict[str, dict[str, np.ndarray]] = {}
-    for i, m in enumerate(x for x in models if x != "ensemble"):
-        probs[m] = {s: _probs(y, MODEL_STRENGTH.get(m, 1.5), 100 * i + k)
-                    for k, (s, y) in enumerate((("validation", y_val), ("test", y_test), ("ood", np.zeros((30, 10)))))}
-    if "ensemble" in models:
-        probs["ensemble"] = {s: 0.7 * probs["transformer"][s] + 0.3 * probs["baseline"][s] for s in probs["baseline"]}
-    metrics_models = {}
-    for m, p in probs.items():
-        scored = score_model({"baseline": "tfidf-logreg", "transformer": "me5-small"}.get(m, m), labels, p["validation"],
-                             y_val, {"test": test, "ood": ood}, {"test": p["test"], "ood": p["ood"]}, cal)
-        metrics_models[m] = scored.metrics | ({"weight_on_transformer": 0.7} if m == "ensemble" else {})
-    best = max(metrics_models, key=lambda m: metrics_models[m]["validation"]["macro_f1"])
-    metrics = {"task": "A", "label_names": labels, "models": metrics_models, "best_model": best,
-               "timings_s": {"stats": 0.4, "baseline": 30.1, "transformer": 1400.2, "calibration": 2.0,
-                             "export": 5.5, "report": 3.0, "total": 1441.2},
-               "training": {"train_seconds": 1400.2, "train_examples_per_second": 4.1, "global_steps": 120,
-                            "device": "cpu", "precision": "fp32"}}
-    config = {"command": ["emitlab", "run", "--data", "emit"], "data": {"task": "A", "seed": 42},
-              "cleaning": {"enabled": True}, "baseline": {"C": 1.0},
-              "train": {"model": "me5-small", "pooling": "mean", "loss": "bce", "pos_weight": "sqrt",
-                        "learning_rate": 1e-4, "epochs": 4.0, "max_length": 96},
-              "calibration": {"thresholds": "auto"}, "run": {}, "versions": {"python": "3.11.7", "numpy": "2.x"}}
-    arrays = {"y_validation": y_val}
-    if test_gold:
-        arrays["y_test"] = y_test
-    for m, p in probs.items():
-        arrays |= {f"{m}_{s}": v for s, v in p.items()}
-    np.savez(path / "predictions.npz", **arrays)
-    (path / "metrics.json").write_text(json.dumps(metrics))
-    (path / "config.json").write_text(json.dumps(config))
-    (path / "validation_texts.json").write_text(
-        json.dumps([{"id": i, "text": t} for i, t in zip(val_ids, val_texts)], ensure_ascii=False))
-    if trainer_log:
-        (path / "trainer_log.json").write_text(json.dumps(_trainer_log()))
-    if data_stats:
-        stats = [compute_stats(val_texts, y_val, labels, "train")]
-        if test_gold:
-            stats.append(compute_stats(test_texts, y_test, labels, "test"))
-        # the per-text word lengths (for the length histogram) ride along with to_dict()
-        (path / "data_stats.json").write_text(json.dumps([s.to_dict() | {"word_lengths": s.word_lengths.tolist()}
-                                                          for s in stats]))
-    if "ensemble" in models:
-        w = [0.0, 0.25, 0.5, 0.75, 1.0]
-        (path / "ensemble_weights.json").write_text(json.dumps({"weights": w, "validation_heldout_macro_f1": [0.4, 0.5, 0.55, 0.56, 0.52]}))
-    return path
+#: candidates, distribution, per-label, average weights, stacker, thresholds, PR, co-occurrence, training
+FULL_FIGURES = 9
 
 
 def check_self_contained(html: str) -> list[bytes]:
@@ -118,52 +43,163 @@ def check_self_contained(html: str) -> list[bytes]:
     return pngs
 
 
+def alts(html: str) -> list[str]:
+    return re.findall(r'<img\b[^>]*alt="([^"]+)"', html)
+
+
+def check_sections(html: str, run_dir: Path) -> None:
+    titles = section_titles(load_run(run_dir))
+    for sid, title in titles.items():
+        assert f'<section id="{sid}"><h2>{title}</h2>' in html, sid
+        assert f'<a href="#{sid}">{title}</a>' in html
+
+
+def section(html: str, sid: str) -> str:
+    return re.search(rf'<section id="{sid}">(.*?)</section>', html, re.S).group(1)
+
+
 @pytest.fixture(scope="module")
-def full_report(tmp_path_factory) -> Path:
-    return write_report(make_run_folder(tmp_path_factory.mktemp("run") / "run-full"))
+def full_run(tmp_path_factory, tiny_model) -> Path:
+    return schema2_run(tmp_path_factory, tiny_model)
 
 
-def test_full_report_is_self_contained_with_every_section(full_report):
+@pytest.fixture(scope="module")
+def full_report(full_run) -> Path:
+    return write_report(full_run)
+
+
+def test_full_report_is_self_contained_with_every_section(full_report, full_run):
     html = full_report.read_text(encoding="utf-8")
-    pngs = check_self_contained(html)
-    # summary (ensemble weights), distribution, per-label, thresholds, PR, co-occurrence, training
-    assert len(pngs) == 7
-    for sid, title, _ in SECTIONS:
-        assert f'<section id="{sid}"><h2>{title}</h2>' in html
-    assert html.count("<figcaption>") == len(pngs)
+    metrics = json.loads((full_run / "metrics.json").read_text())
+    best, models = metrics["best_model"], metrics["models"]
+    assert len(check_self_contained(html)) == FULL_FIGURES
+    check_sections(html, full_run)
+    assert html.count("<figcaption>") == FULL_FIGURES
     assert 'class="note"' not in html  # nothing missing
-    assert "ensemble ★ best" in html or "★ best" in html
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; «ciao»" in html
-    assert "<details><summary>config.json</summary>" in html and "me5-small" in html
-    assert html.count("<h3>") >= 4  # 3 weak labels + versions
+    # summary: every candidate with its nested out-of-fold score; the chosen one marked
+    summary = section(html, "summary")
+    for name, m in models.items():
+        assert f"<td>{name}" in summary and f"{m['nested_macro_f1']:.4f}" in summary
+    assert f"<td>{best} ★ chosen</td>" in summary and "nested out-of-fold macro-F1" in summary
+    assert f"chosen: {best}, nested OOF macro-F1 {models[best]['nested_macro_f1']:.4f}" in html
+    assert f"the {metrics['selection']['n']} out-of-fold rows" in summary
+    # the choice, the members side by side, the combiners' weights
+    got = alts(html)
+    assert "nested out-of-fold macro-F1 of every candidate with per-fold scores" in got
+    assert "per-label F1 of every member and of the chosen combination, raw and calibrated" in got
+    assert "member weights of the averaging combiners" in got and "stacker coefficients per label and member" in got
+    per_label = section(html, "per-label")
+    assert "Calibrated F1 of every candidate on out-of-fold" in per_label and "on test" in per_label
+    # curves on the out-of-fold predictions, named so
+    assert "out-of-fold F1 against the decision threshold, per label" in got
+    assert "precision-recall curves per label on the out-of-fold rows" in got
+    assert "F1 against threshold (out-of-fold)" in html and "Precision-recall curves (out-of-fold)" in html
+    # fold timings of every member, as metrics.json records them
+    members = section(html, "members")
+    for name, info in metrics["members"].items():
+        assert f"<td>{name}</td>" in members
+        for s in info["fold_seconds"]:
+            assert f'<td class="num">{s:.1f}</td>' in members
+    assert "transformer (K=2)" in members and "default (K=3)" in members and "transformer: training per fold" in members
+    # training curves, error examples (escaped), configuration
+    assert "training loss and validation macro-F1 or learning rate per step" in got
+    errors = section(html, "errors")
+    assert errors.count("<h3>") == 3 and HOSTILE_ESCAPED in errors
+    assert "<details><summary>config.json</summary>" in html and "<h3>Versions</h3>" in html
 
 
-def test_degraded_folder_notes_missing_parts(tmp_path):
+def test_one_colour_per_name_from_a_palette_not_fixed_names():
+    def run(models: list[str], members: list[str]) -> RunData:
+        return RunData(path=Path("."), config={}, metrics={}, label_names=[], models={m: {} for m in models},
+                       best=models[0], members=members)
+
+    a = run(["zeta", "alpha", "mix", "stack"], ["zeta", "alpha"])
+    assert len(set(a.colors.values())) == 4 and list(a.colors) == ["zeta", "alpha", "mix", "stack"]
+    b = run(["zeta", "alpha", "mix", "stack"], ["zeta", "alpha"])
+    assert a.colors == b.colors  # stable: the same names give the same colours
+    assert run(["tfidf", "transformer"], ["tfidf", "transformer"]).colors["tfidf"] == a.colors["zeta"]
+    late = a.color("late-comer")
+    assert late not in list(a.colors.values())[:4] and a.color("late-comer") == late
+    many = run([f"m{i}" for i in range(20)], [])
+    assert len(set(many.colors.values())) == 20
+
+
+def test_stacker_weights_pick_each_members_own_label_logit():
+    k, m = 3, 2
+    W = np.arange(k * k * m, dtype=float).reshape(k, k * m) - 7  # W[j, m*k + i]
+    own, total = stacker_weights(W, k, m)
+    assert own.shape == total.shape == (k, m)
+    for j in range(k):
+        for mm in range(m):
+            assert own[j, mm] == W[j, mm * k + j]
+            assert total[j, mm] == np.abs(W[j, mm * k:(mm + 1) * k]).sum()
+
+
+def test_pr_curve_matches_sklearn():
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(5, 60))
+        y = rng.random(n) < 0.3
+        y[0] = True
+        p = np.round(rng.random(n), int(rng.integers(1, 3)))  # with ties
+        prec, rec, ap = pr_curve(y, p)
+        ref_p, ref_r, _ = precision_recall_curve(y, p)
+        np.testing.assert_allclose(prec, ref_p[::-1])
+        np.testing.assert_allclose(rec, ref_r[::-1])
+        assert ap == pytest.approx(average_precision_score(y, p), abs=1e-12)
+
+
+def test_single_member_on_a_validation_split(tmp_path_factory, tmp_path):
+    """``emitlab baseline --folds 1``: one member, a validation split, no trainer log or data stats;
+    then the same folder without predictions.npz and validation_texts.json."""
     import matplotlib.pyplot as plt
 
-    run = make_run_folder(tmp_path / "run-min", models=("baseline",), test_gold=False, trainer_log=False,
-                          data_stats=False)
+    run = shutil.copytree(baseline_split_run(tmp_path_factory), tmp_path / "baseline")
     before = plt.get_fignums()
     html = write_report(run).read_text(encoding="utf-8")
     assert plt.get_fignums() == before  # Figure objects only, no pyplot state
-    check_self_contained(html)
-    for sid, title, _ in SECTIONS:
-        assert f'<section id="{sid}"><h2>{title}</h2>' in html
+    got = alts(html)
+    # candidates, per-label, thresholds, PR, co-occurrence
+    assert len(check_self_contained(html)) == 5 and len(got) == 5
+    check_sections(html, run)
+    assert "a single member (tfidf): nothing is combined." in html
     assert "trainer_log.json is missing" in html and "data_stats.json is missing" in html
-    assert "Precision-recall curves on validation (test gold labels are not available)" in html
-    assert "test macro-F1" not in html
+    assert "out-of-fold" not in html
+    assert "F1 against threshold (validation)" in html and "Candidates: nested validation macro-F1" in html
+    assert "validation F1 against the decision threshold, per label" in got
+    assert "rows of the validation split" in html and "<td>tfidf ★ chosen</td>" in html
 
-
-def test_single_model_folder_without_predictions(tmp_path):
-    run = make_run_folder(tmp_path / "baseline", models=("baseline",), trainer_log=False, data_stats=False)
-    metrics = json.loads((run / "metrics.json").read_text())["models"]["baseline"]
-    (run / "metrics.json").write_text(json.dumps(metrics | {"task": "A", "timings_s": {"fit": 3.0, "total": 4.0}}))
     for name in ("predictions.npz", "validation_texts.json"):
         (run / name).unlink()
     html = write_report(run).read_text(encoding="utf-8")
+    assert len(check_self_contained(html)) == 2  # candidates and per-label F1 need metrics.json only
+    check_sections(html, run)
+    assert "no threshold curves" in html and "no precision-recall curves" in html
+    assert "no co-occurrence comparison" in html and "no error examples" in html
+
+
+def test_schema1_folders_still_render(tmp_path):
+    run = make_schema1_folder(tmp_path / "run-old")
+    html = write_report(run).read_text(encoding="utf-8")
+    got = alts(html)
+    # per-label, ensemble weights, weight search, thresholds, PR, co-occurrence, training
+    assert len(check_self_contained(html)) == 7, got
+    check_sections(html, run)
+    assert "Schema-1 run folder" in html and "no candidate chart" in html and "no fold timings" in html
+    assert "<td>ensemble ★ chosen (w=0.70)</td>" in html and "validation macro-F1 against ensemble weight" in got
+    assert "Chosen: ensemble — average of probabilities; weights baseline 0.30, transformer 0.70" in html
+    assert "F1 against threshold (validation)" in html
+
+    # the single-model metrics.json of the old `emitlab baseline` / `train`
+    single = tmp_path / "baseline-old"
+    single.mkdir()
+    metrics = json.loads((run / "metrics.json").read_text())["models"]["baseline"]
+    (single / "metrics.json").write_text(json.dumps(metrics | {"task": "A", "timings_s": {"fit": 3.0, "total": 4.0}}))
+    html = write_report(single).read_text(encoding="utf-8")
     assert len(check_self_contained(html)) == 1  # per-label F1 bars only
-    assert html.count('class="note"') >= 5
-    assert "tfidf-logreg ★ best" in html
+    assert html.count('class="note"') >= 6 and "<td>tfidf-logreg ★ chosen</td>" in html
 
 
 def test_dataset_stats_round_trip_through_json():
@@ -196,12 +232,16 @@ def test_report_renders_in_headless_chromium(full_report, tmp_path):
             requests: list[str] = []
             page.on("request", lambda r: requests.append(r.url))
             page.goto(full_report.resolve().as_uri(), wait_until="load")
-            widths = page.eval_on_selector_all("img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+            page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+            widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+            # nothing wider than the window: tables scroll inside their section, the navigation wraps
+            page_width = page.evaluate("document.documentElement.scrollWidth")
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
     assert errors == []
-    assert len(widths) == 7 and all(w > 0 for w in widths), widths
+    assert len(widths) == FULL_FIGURES and all(w > 0 for w in widths), widths
+    assert page_width <= 1360
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert shot.stat().st_size > 50_000 and shot.read_bytes().startswith(PNG_MAGIC)

@@ -40,7 +40,7 @@ def _run_options(p: argparse.ArgumentParser, command: str) -> None:
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from .data.stats import compute_stats, format_stats, plot_stats
-    from .pipeline import load_data
+    from .jobs import load_data
     from .settings import DataConfig
 
     cfg = build_configs(args, [DataConfig])[DataConfig]
@@ -67,7 +67,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
-    from .pipeline import load_data
+    from .jobs import load_data
     from .settings import DataConfig
 
     cfg = build_configs(args, [DataConfig])[DataConfig]

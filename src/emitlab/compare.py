@@ -1,8 +1,13 @@
 """Compare run folders side by side: one row per model, its key settings and its scores.
 
-Reads ``config.json`` and ``metrics.json`` of single-model folders (``emitlab baseline`` /
-``emitlab train``: ``metrics.json`` holds one model at the top level) and of ``emitlab run``
-folders (one entry per model under ``"models"``).
+Reads ``config.json`` and ``metrics.json`` of
+
+- schema-2 folders (``"schema": 2``, every job since the cross-fitting engine): one row per
+  candidate -- each member alone and each combiner -- with its nested out-of-fold macro-F1;
+- schema-1 ``emitlab run`` folders (``baseline`` / ``transformer`` / ``ensemble`` under
+  ``"models"``, scored on a validation split);
+- schema-1 single-model folders (``emitlab baseline`` / ``emitlab train``: ``metrics.json``
+  holds one model at the top level).
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ __all__ = ["compare_runs", "format_table", "register_cli"]
 #: column -> key of the ``train`` config section (transformer settings)
 TRAIN_SETTINGS = {"pooling": "pooling", "loss": "loss", "pos_weight": "pos_weight", "lr": "learning_rate",
                   "epochs": "epochs", "max_length": "max_length"}
-OPTIONAL = ["model_name", *TRAIN_SETTINGS, "weight"]
+#: columns dropped when no row has a value
+OPTIONAL = ["best", "members", "combiner", "model_name", *TRAIN_SETTINGS, "weight", "folds", "selection",
+            "nested_macro_f1", "ood_macro_f1"]
+SELECTION_SHORT = {"out-of-fold": "oof", "validation split": "split"}
+#: column order (per-label test F1 and time_s follow)
+ORDER = ["run", "model", "best", "members", "combiner", "model_name", *TRAIN_SETTINGS, "weight", "folds", "selection",
+         "calibration", "nested_macro_f1", "val_macro_f1", "test_macro_f1_raw", "test_macro_f1", "ood_macro_f1"]
 
 
 def _read_json(path: Path) -> dict:
@@ -32,8 +43,8 @@ def _is_baseline(key: str, metrics: dict) -> bool:
 
 
 def _seconds(key: str, timings: dict, single: bool) -> float | None:
-    """Time of one model: the folder's total for single-model runs; in ``emitlab run`` folders the
-    model's own step (the ensemble: its step, else baseline + transformer)."""
+    """Schema 1: time of one model: the folder's total for single-model runs; in ``emitlab run``
+    folders the model's own step (the ensemble: its step, else baseline + transformer)."""
     if single:
         return timings.get("total")
     if key in timings:
@@ -43,44 +54,135 @@ def _seconds(key: str, timings: dict, single: bool) -> float | None:
     return None
 
 
+def _scores(m: dict) -> dict[str, Any]:
+    """The score columns shared by both schemas (calibrated unless named raw)."""
+    test = m.get("test") or {}
+    row: dict[str, Any] = {"val_macro_f1": (m.get("validation") or {}).get("macro_f1"),
+                           "test_macro_f1_raw": (test.get("raw") or {}).get("macro_f1"),
+                           "test_macro_f1": test.get("macro_f1")}
+    if "ood" in m:
+        row["ood_macro_f1"] = m["ood"].get("macro_f1")
+    row |= {f"test_f1_{lab}": v["f1"] for lab, v in test.get("per_label", {}).items()}
+    return row
+
+
+def _rows_schema1(run_dir: Path, metrics: dict, config: dict) -> list[dict[str, Any]]:
+    single = "models" not in metrics
+    models = {metrics.get("model", "model"): metrics} if single else metrics["models"]
+    timings = metrics.get("timings_s", {})
+    best = metrics.get("best_model")
+    rows = []
+    for key, m in models.items():
+        train = {} if _is_baseline(key, m) else config.get("train", {})
+        name = m.get("model") if key == "ensemble" else train.get("model") or m.get("model")
+        row: dict[str, Any] = {"run": run_dir.name, "model": key, "best": "*" if key == best else None,
+                               "model_name": name}
+        row |= {col: train.get(k) for col, k in TRAIN_SETTINGS.items()}
+        row["weight"] = m.get("weight_on_transformer")
+        row["selection"] = "split"
+        row["calibration"] = m.get("calibration", {}).get("chosen")
+        row |= _scores(m)
+        row["time_s"] = _seconds(key, timings, single)
+        rows.append(row)
+    return rows
+
+
+def _members_used(name: str, m: dict, members: list[str]) -> list[str]:
+    """The members a schema-2 candidate draws on: itself for a member, those with a weight > 0 for an
+    average, all of them for a stacker."""
+    if name in members:
+        return [name]
+    comb = m.get("combiner") or {}
+    if comb.get("kind") == "average" and len(comb.get("weights") or []) == len(members):
+        return [mem for mem, w in zip(members, comb["weights"]) if w > 0]
+    return list(members)
+
+
+def _combiner_text(name: str, m: dict, members: list[str]) -> str | None:
+    comb = m.get("combiner") or {}
+    if name in members or not comb:
+        return None
+    if comb.get("kind") == "average":
+        weights = " ".join(f"{mem}={w:.2f}" for mem, w in zip(members, comb.get("weights") or []))
+        return f"{comb.get('space', 'prob')} avg {weights}"
+    if comb.get("kind") == "stacker":
+        return f"stacker C={comb.get('C', 1.0):g}"
+    return str(comb.get("kind"))
+
+
+def _folds_text(used: list[str], info: dict) -> str | None:
+    """K of the used members' cross-fitting: "5", or "5 (transformer 3)" when a member differs
+    from the most common K."""
+    from collections import Counter
+
+    ks = {mem: (info.get(mem) or {}).get("folds") for mem in used}
+    ks = {mem: k for mem, k in ks.items() if k is not None}
+    if not ks:
+        return None
+    common = Counter(ks.values()).most_common(1)[0][0]
+    odd = [f"{mem} {k}" for mem, k in ks.items() if k != common]
+    return str(common) + (f" ({', '.join(odd)})" if odd else "")
+
+
+def _rows_schema2(run_dir: Path, metrics: dict, config: dict) -> list[dict[str, Any]]:
+    info = metrics.get("members") or {}
+    members = list(info)
+    timings = metrics.get("timings_s", {})
+    best = metrics.get("best_model")
+    selection = (metrics.get("selection") or {}).get("rows")
+    train_cfg = config.get("train", {})
+    rows = []
+    for name, m in metrics["models"].items():
+        used = _members_used(name, m, members)
+        # transformer settings only where the candidate uses the transformer
+        train = train_cfg if "transformer" in used else {}
+        row: dict[str, Any] = {"run": run_dir.name, "model": name, "best": "*" if name == best else None,
+                               "members": "+".join(used), "combiner": _combiner_text(name, m, members),
+                               "model_name": train.get("model")}
+        row |= {col: train.get(k) for col, k in TRAIN_SETTINGS.items()}
+        row["folds"] = _folds_text(used, info)
+        row["selection"] = SELECTION_SHORT.get(selection, selection)
+        row["calibration"] = (m.get("calibration") or {}).get("chosen")
+        row["nested_macro_f1"] = m.get("nested_macro_f1",
+                                       (metrics.get("ensemble") or {}).get("nested_macro_f1", {}).get(name))
+        row |= _scores(m)
+        # a member's own step; a combiner: the steps of the members it uses plus the combination step
+        secs = [timings.get(f"member_{mem}") for mem in used]
+        if any(s is None for s in secs):
+            row["time_s"] = None
+        else:
+            row["time_s"] = sum(secs) + (timings.get("combination", 0.0) if name not in members else 0.0)
+        rows.append(row)
+    return rows
+
+
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path} not found: is {run_dir} a run folder?")
     metrics = _read_json(metrics_path)
     config = _read_json(run_dir / "config.json")
-    single = "models" not in metrics
-    models = {metrics.get("model", "model"): metrics} if single else metrics["models"]
-    timings = metrics.get("timings_s", {})
-    rows = []
-    for key, m in models.items():
-        train = {} if _is_baseline(key, m) else config.get("train", {})
-        name = m.get("model") if key == "ensemble" else train.get("model") or m.get("model")
-        row: dict[str, Any] = {"run": run_dir.name, "model": key, "model_name": name}
-        row |= {col: train.get(k) for col, k in TRAIN_SETTINGS.items()}
-        row["weight"] = m.get("weight_on_transformer")
-        row["calibration"] = m.get("calibration", {}).get("chosen")
-        row["val_macro_f1"] = m["validation"]["macro_f1"]
-        test = m.get("test") or {}
-        row["test_macro_f1_raw"] = test.get("raw", {}).get("macro_f1")
-        row["test_macro_f1"] = test.get("macro_f1")
-        row |= {f"test_f1_{lab}": v["f1"] for lab, v in test.get("per_label", {}).items()}
-        row["time_s"] = _seconds(key, timings, single)
-        rows.append(row)
-    return rows
+    if int(metrics.get("schema", 1)) >= 2 and "models" in metrics:
+        return _rows_schema2(run_dir, metrics, config)
+    return _rows_schema1(run_dir, metrics, config)
 
 
 def compare_runs(run_dirs: list[Path]) -> pd.DataFrame:
-    """One row per (run, model): run, model, key settings where present, validation macro-F1
-    (calibrated), test macro-F1 raw (0.5) and calibrated, per-label test F1 and time in seconds."""
+    """One row per (run, model): run, model, ``best`` (``*`` for the run's chosen model), the
+    members a candidate uses and its combiner (schema 2), key transformer settings where the
+    model uses the transformer, folds and selection rows (``oof`` / ``split``), calibration,
+    nested out-of-fold macro-F1 (schema 2), validation / out-of-fold macro-F1 (calibrated), test
+    macro-F1 raw (0.5) and calibrated, per-label test F1 and time in seconds (schema 2: the used
+    members' steps, plus the combination step for a combiner). Columns that are empty for every
+    row are dropped."""
     rows = [row for d in run_dirs for row in _rows(Path(d))]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
     per_label = [c for c in frame.columns if c.startswith("test_f1_")]
-    time_col = frame.pop("time_s")
-    frame = frame[[c for c in frame.columns if c not in per_label] + per_label]
-    frame["time_s"] = time_col
+    known = [c for c in ORDER if c in frame.columns]
+    other = [c for c in frame.columns if c not in known and c not in per_label and c != "time_s"]
+    frame = frame[known + other + per_label + ["time_s"]]
     empty = [c for c in OPTIONAL if c in frame.columns and frame[c].isna().all()]
     return frame.drop(columns=empty)
 
@@ -132,7 +234,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     """Add ``emitlab compare RUN_DIR... [--markdown FILE]`` to the ``emitlab`` subcommands."""
     p = subparsers.add_parser("compare", help="Compare run folders: one row per model with settings and scores.")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
-                   help="Run folders (from emitlab baseline, train or run).")
+                   help="Run folders (from emitlab baseline, train or run; old and new metrics.json schemas).")
     p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="Also write the table as Markdown here.")
     p.set_defaults(func=cmd_compare)
     return p

@@ -267,17 +267,24 @@ def choose_combiner(member_names: Sequence[str], probs: Sequence[np.ndarray], y:
 
     Returns the choice and, for every candidate, ``(combiner, calibration, fitted output)``
     refitted on all rows (so that the report can show all of them side by side)."""
+    from threadpoolctl import threadpool_limits
+
     cands = candidates(member_names, cfg, seed)
     fitted: dict[str, tuple] = {}
+    with threadpool_limits(1):  # hundreds of small regressions: threads only add overhead
+        _score_candidates(cands, probs, y, label_names, cal, cfg, seed, fitted)
+    # ties keep the earlier (simpler) candidate
+    best = max(cands, key=lambda c: (round(c.nested_macro_f1, 6), -cands.index(c)))
+    comb, report, out = fitted[best.name]
+    return Choice(best.name, comb, report, cands, out), fitted
+
+
+def _score_candidates(cands, probs, y, label_names, cal, cfg, seed, fitted) -> None:
     for c in cands:
         c.nested_macro_f1, c.nested_fold_scores, _ = nested_score(c.make, probs, y, label_names, cal,
                                                                   cfg.nested_folds, seed)
         fitted[c.name] = fit_and_calibrate(c.make, probs, y, label_names, cal)
         log.info("combiner %-14s nested out-of-fold macro-F1 %.4f", c.name, c.nested_macro_f1)
-    # ties keep the earlier (simpler) candidate
-    best = max(cands, key=lambda c: (round(c.nested_macro_f1, 6), -cands.index(c)))
-    comb, report, out = fitted[best.name]
-    return Choice(best.name, comb, report, cands, out), fitted
 
 
 __all__ = ["WeightedAverage", "Stacker", "combiner_from_dict", "choose_combiner", "nested_score", "Choice",

@@ -23,7 +23,7 @@ import numpy as np
 from .calibration import Decoder
 from .data.cleaning import CleaningConfig, TextCleaner
 from .errors import ModelFormatError
-from .export import read_meta, resolve_export
+from .export import META_FILE, read_meta, resolve_export
 from .members.transformer import BACKENDS
 
 
@@ -45,7 +45,6 @@ class EmotionClassifier:
         """Load an export folder or zip. ``backend="onnx"`` / ``"onnx-int8"`` run the transformer
         members with onnxruntime on CPU (their ONNX files are exported first if missing)."""
         from .ensemble import combiner_from_dict
-        from .members import load_member
 
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -58,8 +57,7 @@ class EmotionClassifier:
                 sub = folder / fold["path"]
                 if not sub.resolve().is_relative_to(folder.resolve()):
                     raise ModelFormatError(f"{folder}: member path {fold['path']!r} leaves the export folder")
-                kwargs = {"backend": backend, "device": device} if fold["spec"].get("kind") == "transformer" else {}
-                folds.append(load_member(sub, fold["spec"], **kwargs))
+                folds.append(_load_fold(sub, fold["spec"], backend, device))
             for fm in folds:
                 if list(getattr(fm, "label_names", meta["labels"])) != list(meta["labels"]):
                     raise ModelFormatError(f"{folder / m['folds'][0]['path']}: labels {fm.label_names} do not match "
@@ -103,6 +101,23 @@ class EmotionClassifier:
         single = isinstance(texts, str)
         probs = self.predict_proba([texts] if single else texts, batch_size)
         return rows_from_probs(probs, self.decode(probs), self.label_names)
+
+
+def _load_fold(folder: Path, spec: dict, backend: str, device: str | None):
+    """One fold model; anything unreadable in its files becomes a one-line ModelFormatError."""
+    from .members import load_member
+
+    if not folder.is_dir():
+        raise ModelFormatError(f"{folder}: missing (the export lists it in its {META_FILE})")
+    kwargs = {"backend": backend, "device": device} if spec.get("kind") == "transformer" else {}
+    try:
+        return load_member(folder, spec, **kwargs)
+    except ModelFormatError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        # the HF/safetensors loaders raise many kinds of errors for cut or mismatched files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFormatError(f"{folder}: cannot load this {spec.get('kind')} member ({first})") from exc
 
 
 def rows_from_probs(probs: np.ndarray, pred: np.ndarray, label_names: Sequence[str]) -> list[dict[str, Any]]:

@@ -1,0 +1,119 @@
+"""Opening a model file runs no code from it, and a damaged or foreign export ends with one line
+naming the file and what is wrong (issue: hardening, item 2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from emitlab.cli import main
+from emitlab.errors import ModelFormatError
+from emitlab.export import check_zip
+from emitlab.inference import EmotionClassifier
+
+
+@pytest.fixture()
+def export_copy(tiny_export, tmp_path) -> Path:
+    dest = tmp_path / "model"
+    shutil.copytree(tiny_export, dest)
+    return dest
+
+
+def _meta(folder: Path) -> dict:
+    return json.loads((folder / "emitlab.json").read_text())
+
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    (folder / "emitlab.json").write_text(json.dumps(meta))
+
+
+def _expect_one_line(capsys, model: Path, *words: str) -> None:
+    assert main(["predict", "--model", str(model), "ciao"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+def test_no_pickle_anywhere_in_an_export(tiny_export):
+    for path in tiny_export.rglob("*"):
+        if path.is_file():
+            assert path.suffix in {".json", ".npy", ".safetensors", ".txt", ".model", ".npz"} or \
+                path.name in {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}, path
+            assert not path.read_bytes().startswith(b"\x80"), f"{path} looks like a pickle"
+
+
+@pytest.mark.parametrize("version,word", [(1, "older"), (3, "newer"), (None, "format")])
+def test_format_version_is_checked(export_copy, capsys, version, word):
+    meta = _meta(export_copy)
+    meta["format_version"] = version
+    _write_meta(export_copy, meta)
+    with pytest.raises(ModelFormatError, match=word):
+        EmotionClassifier.from_pretrained(export_copy)
+    _expect_one_line(capsys, export_copy, "emitlab.json", word)
+
+
+def test_broken_metadata(export_copy, capsys):
+    (export_copy / "emitlab.json").write_text("{not json")
+    _expect_one_line(capsys, export_copy, "emitlab.json", "not valid JSON")
+
+
+def test_labels_that_do_not_match_the_weights(export_copy, capsys):
+    meta = _meta(export_copy)
+    meta["labels"] = meta["labels"][:-1]
+    _write_meta(export_copy, meta)
+    _expect_one_line(capsys, export_copy, "thresholds for 9 labels")
+    meta["decoder"]["thresholds"] = meta["decoder"]["thresholds"][:-1]
+    meta["decoder"]["label_names"] = meta["labels"]
+    _write_meta(export_copy, meta)
+    _expect_one_line(capsys, export_copy, "do not match")
+
+
+def test_weights_cut_short(export_copy, capsys):
+    fold = export_copy / "members" / "transformer" / "fold-0"
+    weights = fold / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    _expect_one_line(capsys, export_copy, "fold-0", "transformer")
+
+
+def test_missing_member_folder_and_unknown_kind(export_copy, capsys):
+    meta = _meta(export_copy)
+    meta["members"][0]["folds"][0]["spec"]["kind"] = "pickled"
+    _write_meta(export_copy, meta)
+    _expect_one_line(capsys, export_copy, "unknown member kind 'pickled'")
+    shutil.rmtree(export_copy / "members" / meta["members"][-1]["name"])
+    meta = _meta(export_copy)
+    meta["members"][0]["folds"][0]["spec"]["kind"] = meta["members"][0]["kind"]
+    _write_meta(export_copy, meta)
+    _expect_one_line(capsys, export_copy, "missing")
+
+
+def test_not_a_zip_and_not_an_export(tmp_path, capsys):
+    bogus = tmp_path / "model.zip"
+    bogus.write_text("hello")
+    _expect_one_line(capsys, bogus, "not a zip")
+    _expect_one_line(capsys, tmp_path, "not an emitlab export")
+    _expect_one_line(capsys, tmp_path / "nowhere", "no such file")
+
+
+@pytest.mark.parametrize("member", ["../evil.txt", "/etc/evil.txt", "a/../../evil.txt"])
+def test_zip_slip_is_refused(tmp_path, capsys, member):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("emitlab.json", "{}")
+        zf.writestr(member, "x")
+    _expect_one_line(capsys, bad, "unsafe path")
+    assert not (tmp_path.parent / "evil.txt").exists()
+
+
+def test_oversized_zip_is_refused(tmp_path):
+    big = tmp_path / "big.zip"
+    with zipfile.ZipFile(big, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("emitlab.json", "{}")
+        zf.writestr("zeros.bin", b"\0" * 2_000_000)  # compresses to a few KB
+    with zipfile.ZipFile(big) as zf, pytest.raises(ModelFormatError, match="expands to more than"):
+        check_zip(zf, str(big), max_bytes=1_000_000)
