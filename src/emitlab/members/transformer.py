@@ -182,7 +182,8 @@ class TransformerMember:
         from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
         from ..models.losses import build_loss
-        from ..models.transformer import EmotionTrainer, build_model, default_prefix, load_tokenizer, resolve_model_source
+        from ..models.transformer import (EmotionTrainer, WeightAverage, build_model, default_prefix, load_tokenizer,
+                                          resolve_model_source)
 
         cfg = self.config
         if cfg.threads > 0:
@@ -211,11 +212,15 @@ class TransformerMember:
         if crash:
             callbacks.append(crash)
         loss_fn = build_loss(cfg.loss, labels, cfg.pos_weight, cfg.focal_gamma,
-                             cfg.focal_alpha if cfg.focal_alpha > 0 else None)
+                             cfg.focal_alpha if cfg.focal_alpha > 0 else None,
+                             cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip)
+        average = WeightAverage(cfg.ema_decay) if cfg.ema_decay > 0 else None
+        _log_options(cfg)
         trainer = EmotionTrainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_compute_metrics if eval_ds else None,
             callbacks=callbacks, loss_fn=loss_fn, head_learning_rate=cfg.head_learning_rate,
+            layer_decay=cfg.layer_decay, rdrop_alpha=cfg.rdrop_alpha, weight_average=average,
         )
         checkpoint = None
         if self.resume:
@@ -224,10 +229,13 @@ class TransformerMember:
             ckpt_dir = workdir / "checkpoints"
             checkpoint = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
             log.info("resuming from %s", checkpoint or "scratch (no checkpoint found)")
+            if checkpoint and average is not None and not average.load(checkpoint):
+                log.warning("%s holds no weight average: the average starts at the resumed step", checkpoint)
         t0 = time.time()
         result = trainer.train(resume_from_checkpoint=checkpoint)
         train_s = time.time() - t0
         (workdir / "trainer_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        # The weight average (if any) is already in the model: WeightAverage.on_train_end.
         # Predict with our own length-sorted batching, not trainer.predict: with
         # train_sampling_strategy="group_by_length", transformers 5 also reorders evaluation
         # batches, so trainer.predict's rows would not follow the dataset's order.
@@ -247,9 +255,15 @@ class TransformerMember:
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "best_eval_macro_f1_at_0.5": trainer.state.best_metric,
             "torch_threads": torch.get_num_threads(),
+            **({"weight_average": average.summary()} if average is not None else {}),
             "log_history": trainer.state.log_history,
         }
         return self
+
+    def cleanup(self) -> None:
+        """Delete the training checkpoints (for resuming a fold) once the fold is saved."""
+        if self.workdir is not None:
+            remove_checkpoints(self.workdir)
 
     # ---- prediction
 
@@ -314,6 +328,23 @@ def _compute_metrics(eval_pred) -> dict[str, float]:
     if isinstance(logits, tuple):
         logits = logits[0]
     return {"macro_f1": macro_f1(labels.astype(int), (logits >= 0).astype(int))}
+
+
+def _log_options(cfg: TrainConfig) -> None:
+    """One line naming the fine-tuning options of issue 8 that are on (all off by default)."""
+    on = []
+    if cfg.layer_decay != 1.0:
+        on.append(f"layer-wise lr decay {cfg.layer_decay}")
+    if cfg.ema_decay > 0:
+        on.append(f"weight average (EMA) decay {cfg.ema_decay}")
+    if cfg.loss == "asl":
+        on.append(f"asymmetric loss (gamma_neg {cfg.asl_gamma_neg}, gamma_pos {cfg.asl_gamma_pos}, clip {cfg.asl_clip})")
+    if cfg.multi_sample_dropout > 1:
+        on.append(f"multi-sample dropout x{cfg.multi_sample_dropout}")
+    if cfg.rdrop_alpha > 0:
+        on.append(f"R-Drop alpha {cfg.rdrop_alpha} (two forward passes per step)")
+    if on:
+        log.info("fine-tuning options: %s", "; ".join(on))
 
 
 def _crash_callback():

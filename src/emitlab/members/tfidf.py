@@ -1,0 +1,144 @@
+"""The TF-IDF member: word + character n-grams, one balanced logistic regression per label.
+
+The same model as the old ``models.baseline.TfidfBaseline`` (scikit-learn's ``TfidfVectorizer``
+and liblinear ``LogisticRegression`` do the fitting), but what is kept and saved are plain data:
+
+* per analyzer (``word``, ``char``): the vocabulary as JSON (``term -> column``) and ``idf_`` as
+  a float64 ``.npy``;
+* the per-label weights ``W`` (L, n_word + n_char) and intercepts ``b`` (L,) as ``.npy``.
+
+Prediction is always ``sigmoid(hstack(word.transform, char.transform) @ W.T + b)``
+(:func:`.linear.logistic_proba`), before and after a save/load, so a reloaded member gives
+bit-identical probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import sparse
+
+from ..errors import ModelFormatError
+from ..settings import TfidfConfig
+from .linear import (check_fit_inputs, fit_logistic_heads, load_heads, logistic_proba, read_array, read_json,
+                     safe_file_name, save_array, save_heads, spec_config, spec_label_names)
+
+ANALYZERS = ("word", "char")
+
+
+def make_vectorizer(config: TfidfConfig, analyzer: str, vocabulary: dict[str, int] | None = None):
+    """The (unfitted) ``TfidfVectorizer`` of one analyzer; with ``vocabulary`` it is fixed."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    c = config
+    if analyzer == "word":
+        kind, ngrams = "word", (1, c.word_ngram_max)
+    elif analyzer == "char":
+        kind, ngrams = "char_wb", (c.char_ngram_min, c.char_ngram_max)
+    else:
+        raise ValueError(f"unknown analyzer {analyzer!r}")
+    return TfidfVectorizer(analyzer=kind, ngram_range=ngrams, min_df=c.min_df, max_features=c.max_features,
+                           sublinear_tf=True, lowercase=True, dtype=np.float64, vocabulary=vocabulary)
+
+
+class TfidfMember:
+    """Word + char TF-IDF features, one (balanced) logistic regression per label."""
+
+    kind = "tfidf"
+
+    def __init__(self, config: TfidfConfig | None = None):
+        self.config = config or TfidfConfig()
+        self.label_names: list[str] = []
+        self.vectorizers: dict[str, Any] = {}
+        self.W: np.ndarray | None = None
+        self.b: np.ndarray | None = None
+
+    # -- fitting and prediction --------------------------------------------------------------
+    def features(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        """The TF-IDF matrix (n, n_word + n_char) of ``texts`` (after :meth:`fit`)."""
+        if not self.vectorizers:
+            raise RuntimeError("TfidfMember is not fitted")
+        texts = list(texts)
+        return sparse.hstack([self.vectorizers[a].transform(texts) for a in ANALYZERS], format="csr")
+
+    def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str]) -> "TfidfMember":
+        texts = list(texts)
+        y = check_fit_inputs(texts, labels, label_names)
+        self.vectorizers = {}
+        blocks = []
+        for a in ANALYZERS:
+            vec = make_vectorizer(self.config, a)
+            blocks.append(vec.fit_transform(texts))
+            vars(vec).pop("stop_words_", None)  # the terms cut by max_features/min_df: unused, can be huge
+            self.vectorizers[a] = vec
+        X = sparse.hstack(blocks, format="csr")
+        self.W, self.b = fit_logistic_heads(X, y, C=self.config.C, class_weight=self.config.class_weight)
+        self.label_names = list(label_names)
+        return self
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if self.W is None:
+            raise RuntimeError("TfidfMember is not fitted")
+        return logistic_proba(self.features(texts), self.W, self.b)
+
+    @property
+    def n_features(self) -> dict[str, int]:
+        return {a: len(self.vectorizers[a].vocabulary_) for a in ANALYZERS}
+
+    # -- saving and loading ------------------------------------------------------------------
+    def save(self, folder: Path) -> dict[str, Any]:
+        if self.W is None:
+            raise RuntimeError("TfidfMember is not fitted")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files: dict[str, str] = {}
+        for a in ANALYZERS:
+            vec = self.vectorizers[a]
+            vocab = {str(term): int(col) for term, col in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])}
+            name = f"{a}_vocabulary.json"
+            (folder / name).write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+            files[f"{a}_vocabulary"] = name
+            files[f"{a}_idf"] = save_array(folder, f"{a}_idf.npy", np.asarray(vec.idf_, dtype=np.float64))
+        files.update(save_heads(folder, self.W, self.b))
+        return {"kind": self.kind, "config": asdict(self.config), "label_names": list(self.label_names),
+                "files": files, "n_features": self.n_features}
+
+    @classmethod
+    def load(cls, folder: Path, spec: dict[str, Any], **_: Any) -> "TfidfMember":
+        folder = Path(folder)
+        if spec.get("kind") != cls.kind:
+            raise ModelFormatError(f"{folder}: member spec kind is {spec.get('kind')!r}, expected {cls.kind!r}")
+        obj = cls(spec_config(TfidfConfig, spec, folder))
+        obj.label_names = spec_label_names(spec, folder)
+        files = spec.get("files")
+        n_features = spec.get("n_features")
+        if not isinstance(files, dict) or not isinstance(n_features, dict):
+            raise ModelFormatError(f"{folder}: member spec lacks 'files' or 'n_features'")
+        total = 0
+        for a in ANALYZERS:
+            n = n_features.get(a)
+            if not isinstance(n, int) or n < 1:
+                raise ModelFormatError(f"{folder}: member spec n_features[{a!r}] must be a positive integer, got {n!r}")
+            vpath = safe_file_name(folder, files.get(f"{a}_vocabulary"), f"{a}_vocabulary")
+            vocab = read_json(vpath)
+            if not isinstance(vocab, dict) or not all(isinstance(t, str) and type(c) is int for t, c in vocab.items()):
+                raise ModelFormatError(f"{vpath}: expected a JSON object of term -> integer column")
+            if len(vocab) != n:
+                raise ModelFormatError(f"{vpath}: holds {len(vocab)} terms, the spec says {n}")
+            cols = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+            if not np.array_equal(np.sort(cols), np.arange(n)):
+                raise ModelFormatError(f"{vpath}: columns are not exactly 0..{n - 1}")
+            ipath = safe_file_name(folder, files.get(f"{a}_idf"), f"{a}_idf")
+            idf = read_array(ipath, 1)
+            if idf.shape[0] != len(vocab):
+                raise ModelFormatError(f"{ipath}: has {idf.shape[0]} idf values, but {vpath.name} has {len(vocab)} terms")
+            vec = make_vectorizer(obj.config, a, vocabulary=vocab)
+            vec.idf_ = idf  # builds the inner TfidfTransformer and fixes vocabulary_
+            obj.vectorizers[a] = vec
+            total += n
+        obj.W, obj.b = load_heads(folder, files, len(obj.label_names), total)
+        return obj

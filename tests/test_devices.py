@@ -1,0 +1,62 @@
+"""Device choice (stubbed where no GPU exists) and, on a CUDA machine, a real mixed-precision run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_TRAIN
+
+from emitlab.devices import model_device, pick_device, precision_flags
+from emitlab.members.transformer import TorchBackend
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+
+
+def test_pick_device_prefers_cuda_then_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device("auto") == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device("auto") == "cpu" and pick_device("cuda") == "cuda"
+
+
+def test_precision_flags(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert precision_flags("auto", "cuda") == {"bf16": True, "fp16": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert precision_flags("auto", "cuda") == {"bf16": False, "fp16": True}
+    assert precision_flags("bf16", "cpu") == {"bf16": False, "fp16": False}  # only CUDA gets mixed precision
+    assert precision_flags("fp32", "cuda") == {"bf16": False, "fp16": False}
+
+
+def test_predictor_keeps_the_training_device():
+    """A model left on the device it was trained on is not moved back to the CPU to predict."""
+    model = torch.nn.Linear(3, 2).to("meta")  # stands in for a CUDA model on a machine without one
+    backend = TorchBackend(model)
+    assert backend.device == torch.device("meta") and model_device(backend.model) == torch.device("meta")
+    assert TorchBackend(torch.nn.Linear(3, 2), device="cpu").device == torch.device("cpu")
+
+
+@cuda
+def test_cuda_training_prediction_and_cpu_reload(tiny_model, emit_folder, tmp_path):
+    from emitlab.cli import main
+    from emitlab.inference import EmotionClassifier
+
+    out = tmp_path / "cuda"
+    assert main(["-q", "train", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--device", "cuda"] + TINY_TRAIN) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    info = m["members"]["transformer"]["training"][0]
+    assert info["device"] == "cuda"
+    assert info["precision"] == ({"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True})
+    # the run predicted on CUDA; the export reloads on CPU and on CUDA and agrees with it
+    ref = np.load(out / "predictions.npz")["transformer_test"]
+    texts = [line.split(",", 1)[1] for line in (emit_folder / "emit_test_nolabel.csv").read_text().splitlines()[1:]]
+    cpu = EmotionClassifier.from_pretrained(out / "model", device="cpu").predict_proba(texts)
+    gpu = EmotionClassifier.from_pretrained(out / "model", device="cuda").predict_proba(texts)
+    assert np.abs(cpu - ref).max() < 1e-4 and np.abs(gpu - ref).max() < 1e-4
