@@ -1,0 +1,305 @@
+"""Ablation of the fine-tuning options (issue 8): one change to the transformer at a time, over seeds.
+
+    python benchmarks/ablation.py --dry-run                  # the plan: every (line, seed) and its command
+    python benchmarks/ablation.py                            # run what is missing, then write the result
+    python benchmarks/ablation.py --folds 1                  # the faster 90/10 mode (best epoch on validation)
+    python benchmarks/ablation.py --line baseline --line "--epochs 6" --seeds 42 43
+    python benchmarks/ablation.py --collect                  # only summarise the runs already there
+
+A *line* is a set of ``emitlab run`` flags changed from the defaults (``baseline``: none). For each
+line and seed the runner calls::
+
+    emitlab run --data $EMITLAB_DATA --task T --members transformer --folds K --transformer-folds K \\
+        --seed S --no-report --out benchmarks/runs/ablation/<line>-s<seed> <line's flags> <--extra>
+
+A (line, seed) whose ``metrics.json`` exists is skipped and an interrupted one is continued
+(``--resume``), so the runner can be stopped and started again. A flag starting with ``--`` and
+without a space is given as ``--line=--no-freeze-word-embeddings``.
+
+The result, ``benchmarks/results/ablation_task-<T>.json`` (``--name``), holds per line and seed the
+transformer's nested out-of-fold macro-F1, its out-of-fold macro-F1, test macro-F1 at 0.5 (raw)
+and calibrated, and the training seconds (all folds); per line the mean and standard deviation
+(ddof=1) over seeds; and per line the delta of each mean from the reference line (``baseline``,
+else the first) and whether ``|delta|`` exceeds the pooled standard deviation of the two lines
+(``beyond_spread``: a change larger than the seed-to-seed spread, not a significance test). It
+records the command, machine, date, versions (``record.write_result``) and the git commit. A
+markdown table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from record import write_result  # noqa: E402
+
+REPO = HERE.parent
+DEFAULT_LINES = ["baseline", "--no-freeze-word-embeddings", "--max-length 128", "--epochs 6", "--layer-decay 0.9",
+                 "--ema-decay 0.999", "--loss asl", "--multi-sample-dropout 5", "--rdrop-alpha 1.0"]
+DEFAULT_SEEDS = [42, 43, 44]
+#: metric name -> how to read it from a run's metrics.json (the transformer member alone)
+METRICS = {
+    "nested_macro_f1": lambda m: m["models"]["transformer"]["nested_macro_f1"],
+    "oof_macro_f1": lambda m: m["models"]["transformer"]["validation"]["macro_f1"],
+    "test_macro_f1_raw": lambda m: m["models"]["transformer"]["test"]["raw"]["macro_f1"],
+    "test_macro_f1": lambda m: m["models"]["transformer"]["test"]["macro_f1"],
+    "train_seconds": lambda m: float(sum(m["members"]["transformer"]["fold_seconds"])),
+}
+HEADERS = {"nested_macro_f1": "nested macro-F1", "oof_macro_f1": "OOF macro-F1", "test_macro_f1_raw": "test raw",
+           "test_macro_f1": "test calibrated", "train_seconds": "train s"}
+
+
+def default_data() -> str:
+    env = os.environ.get("EMITLAB_DATA")
+    return env if env else str(REPO.parent / "shared" / "data" / "emit")
+
+
+def shown(path: str | Path) -> str:
+    """A path as the runs see it (they run in the repository root): relative to it when inside."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def line_flags(line: str) -> list[str]:
+    return [] if line.strip() in ("", "baseline") else shlex.split(line)
+
+
+def line_name(line: str) -> str:
+    """``--layer-decay 0.9`` -> ``layer-decay-0.9`` (the run folder's stem)."""
+    flags = line_flags(line)
+    if not flags:
+        return "baseline"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(f.lstrip("-") for f in flags))
+
+
+def git_commit() -> dict[str, Any]:
+    """The checkout's commit, and whether it had uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+# --------------------------------------------------------------------------------------
+# Plan and runs
+
+
+def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One entry per (line, seed): its run folder, its command and whether it is done."""
+    out = []
+    for line in args.line:
+        for seed in args.seeds:
+            folder = args.runs_dir / f"{line_name(line)}-s{seed}"
+            command = [sys.executable, "-m", "emitlab.cli", "run", "--data", args.data, "--task", args.task,
+                       "--members", "transformer", "--folds", str(args.folds), "--transformer-folds", str(args.folds),
+                       "--seed", str(seed), "--no-report", "--out", shown(folder), *line_flags(line), *args.extra]
+            done = (folder / "metrics.json").is_file()
+            started = folder.is_dir() and any(folder.iterdir()) and not done
+            entry = {"line": line, "name": line_name(line), "seed": seed, "folder": folder, "command": command,
+                     "status": "done" if done else "resume" if started else "todo"}
+            entry["conflict"] = conflict(entry) if done or started else None
+            out.append(entry)
+    names = [line_name(line) for line in args.line]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"ablation: two lines give the same run-folder name ({', '.join(names)}); make them differ")
+    return out
+
+
+def conflict(entry: dict[str, Any]) -> str | None:
+    """Why an existing run folder does not belong to this plan (made with other folds, task,
+    data, flags ...), or None: compares the command line its config.json recorded."""
+    config = entry["folder"] / "config.json"
+    if not config.is_file():
+        return None
+    before = [a for a in json.loads(config.read_text()).get("command", [])[1:] if a != "--resume"]
+    planned = entry["command"][3:]  # after "python -m emitlab.cli", as sys.argv[1:] of the run
+    return None if before == planned else f"made by `emitlab {shlex.join(before)}`"
+
+
+def run_one(entry: dict[str, Any]) -> bool:
+    command = list(entry["command"]) + (["--resume"] if entry["status"] == "resume" else [])
+    print(f"\n=== {entry['name']} seed {entry['seed']} ({entry['status']}): {shlex.join(command)}", flush=True)
+    t0 = time.time()
+    code = subprocess.run(command, cwd=REPO).returncode
+    print(f"=== {entry['name']} seed {entry['seed']}: exit {code} after {time.time() - t0:.0f} s", flush=True)
+    return code == 0
+
+
+# --------------------------------------------------------------------------------------
+# Summary
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def pooled_std(a: list[float], b: list[float]) -> float | None:
+    """sqrt(((n_a - 1) s_a^2 + (n_b - 1) s_b^2) / (n_a + n_b - 2)); None below 2 values each."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    (_, sa), (_, sb) = mean_std(a), mean_std(b)
+    return math.sqrt(((len(a) - 1) * sa ** 2 + (len(b) - 1) * sb ** 2) / (len(a) + len(b) - 2))
+
+
+def read_run(folder: Path) -> dict[str, Any] | None:
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    row: dict[str, Any] = {}
+    for key, read in METRICS.items():
+        try:
+            row[key] = float(read(metrics))
+        except (KeyError, TypeError, ValueError):
+            row[key] = None
+    row["run_seconds"] = (metrics.get("timings_s") or {}).get("total")
+    return row
+
+
+def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per line: per seed, mean/std, and the deltas from the reference line."""
+    lines: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        line = lines.setdefault(e["name"], {"flags": line_flags(e["line"]), "seeds": {}, "missing_seeds": []})
+        row = read_run(e["folder"])
+        if row is None:
+            line["missing_seeds"].append(e["seed"])
+        else:
+            line["seeds"][str(e["seed"])] = {**row, "run": shown(e["folder"])}
+    values = {name: {k: [r[k] for r in line["seeds"].values() if r.get(k) is not None] for k in METRICS}
+              for name, line in lines.items()}
+    for name, line in lines.items():
+        line["n"] = len(line["seeds"])
+        line["mean"], line["std"] = {}, {}
+        for k in METRICS:
+            line["mean"][k], line["std"][k] = mean_std(values[name][k])
+    reference = "baseline" if "baseline" in lines else next(iter(lines), None)
+    for name, line in lines.items():
+        if name == reference or reference is None:
+            continue
+        line["delta"], line["pooled_std"], line["beyond_spread"] = {}, {}, {}
+        for k in METRICS:
+            m, m0 = line["mean"][k], lines[reference]["mean"][k]
+            delta = None if m is None or m0 is None else m - m0
+            spread = pooled_std(values[name][k], values[reference][k])
+            line["delta"][k] = delta
+            line["pooled_std"][k] = spread
+            line["beyond_spread"][k] = None if delta is None or spread is None else abs(delta) > spread
+    return {"reference": reference, "lines": lines}
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    def cell(line: dict[str, Any], k: str) -> str:
+        m, s = line["mean"][k], line["std"][k]
+        if m is None:
+            return "-"
+        fmt = "{:.0f}" if k == "train_seconds" else "{:.4f}"
+        text = fmt.format(m) + ("" if s is None else " ± " + fmt.format(s))
+        delta = (line.get("delta") or {}).get(k)
+        if delta is not None:
+            text += (" ({:+.0f}" if k == "train_seconds" else " ({:+.4f}").format(delta)
+            text += "*)" if line["beyond_spread"][k] else ")"
+        return text
+
+    head = ["line", "seeds", *HEADERS.values()]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, line in summary["lines"].items():
+        rows.append("| " + " | ".join([name, str(line["n"])] + [cell(line, k) for k in METRICS]) + " |")
+    rows.append(f"\nmean ± std over seeds (ddof=1); (delta from {summary['reference']}), * = |delta| > pooled std")
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    epilog = __doc__.split("\n\n", 1)[1] + "\nDefault lines:\n" + "\n".join(f"    {x}" for x in DEFAULT_LINES)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--line", action="append", default=None, metavar="FLAGS",
+                   help="One line: 'baseline' or emitlab run flags ('--epochs 6', --line=--no-freeze-word-embeddings); "
+                        "repeat for several; replaces the default lines (listed below).")
+    p.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, help="Seeds (default: 42 43 44).")
+    p.add_argument("--folds", type=int, default=3,
+                   help="K of the transformer's cross-fitting (default 3); 1 = the 90/10 split with the best epoch kept.")
+    p.add_argument("--task", choices=["A", "B"], default="A", help="EMit subtask (default: A).")
+    p.add_argument("--data", default=None, help="EMit folder (default: $EMITLAB_DATA, else ../shared/data/emit).")
+    p.add_argument("--extra", default="", help="Flags added to every run, e.g. '--threads 2' or '--profile quick'.")
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="Where the run folders go (default: benchmarks/runs/ablation).")
+    p.add_argument("--name", default=None, help="Result name: benchmarks/results/NAME.json (default: ablation_task-<T>).")
+    p.add_argument("--dry-run", action="store_true", help="Print the plan (status and command of every run); run nothing.")
+    p.add_argument("--collect", action="store_true", help="Run nothing; summarise the finished runs and write the result.")
+    args = p.parse_args(argv)
+    args.line = args.line or list(DEFAULT_LINES)
+    args.extra = shlex.split(args.extra)
+    data = args.data or default_data()
+    args.data = data if data.startswith("hf:") else shown(data)  # the runs start in the repository root
+    args.runs_dir = args.runs_dir.resolve() if args.runs_dir else HERE / "runs" / "ablation"
+    args.name = args.name or f"ablation_task-{args.task}"
+    if args.folds < 1:
+        p.error("--folds must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    entries = plan(args)
+    if args.dry_run:
+        todo = sum(e["status"] != "done" for e in entries)
+        print(f"ablation: {len(args.line)} line(s) x {len(args.seeds)} seed(s) = {len(entries)} runs, {todo} to run; "
+              f"data {args.data}; result benchmarks/results/{args.name}.json")
+        for e in entries:
+            status = "other" if e["conflict"] else e["status"]
+            print(f"[{status:>6}] {e['name']} seed {e['seed']}: {shlex.join(e['command'])}"
+                  + (f"\n         ! the folder is from another plan: {e['conflict']}" if e["conflict"] else ""))
+        return 0
+    clashes = [f"{e['folder']}: {e['conflict']}" for e in entries if e["conflict"]]
+    if clashes:
+        print("ablation: run folders from another plan (use another --runs-dir, or remove them):\n  "
+              + "\n  ".join(clashes), file=sys.stderr)
+        return 2
+    failed = []
+    if not args.collect:
+        if not args.data.startswith("hf:") and not (REPO / args.data).exists():
+            print(f"ablation: no data at {args.data} (set EMITLAB_DATA or pass --data)", file=sys.stderr)
+            return 2
+        for e in entries:
+            if e["status"] != "done" and not run_one(e):
+                failed.append(f"{e['name']}-s{e['seed']}")
+    summary = summarise(entries)
+    payload = {"command": shlex.join([sys.executable, *sys.argv]), "git": git_commit(),
+               "settings": {"lines": args.line, "seeds": args.seeds, "folds": args.folds, "task": args.task,
+                            "data": args.data, "extra": args.extra, "runs_dir": shown(args.runs_dir)},
+               "failed": failed, **summary}
+    path = write_result(args.name, payload)
+    print(markdown_table(summary))
+    print(f"result written to {path}" + (f"; {len(failed)} run(s) failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
