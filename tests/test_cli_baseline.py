@@ -72,3 +72,12 @@ def test_help_explains_options(capsys):
         main(["baseline", "--help"])
     out = capsys.readouterr().out
     assert "--char-ngram-max" in out and "Longest character n-gram" in out and "--zip-password" in out
+
+
+def test_report_to_wandb_is_not_offered(capsys):
+    from emitlab.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["train", "--report-to", "wandb"])
+    assert exc.value.code == 2 and "invalid choice: 'wandb'" in capsys.readouterr().err
+    assert build_parser().parse_args(["train", "--report-to", "mlflow"])

@@ -207,10 +207,6 @@ def tracker_env(cfg: TrainConfig, run_dir: Path) -> list[str]:
     elif cfg.report_to == "mlflow":
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
         os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "emitlab")
-    elif cfg.report_to == "wandb":
-        os.environ["WANDB_MODE"] = "offline"
-        os.environ.setdefault("WANDB_DIR", str(run_dir))
-        os.environ.setdefault("WANDB_PROJECT", "emitlab")
     return [] if cfg.report_to == "none" else [cfg.report_to]
 
 
