@@ -33,12 +33,13 @@ import contextlib
 import importlib.util
 import json
 import logging
-import os
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+
+from .io import atomic_path, atomic_write_json
 
 # torch, numpy, onnxruntime and emitlab.inference are imported where they are used: the CLI
 # builds its parser (and so imports this module) on every call and must stay quick.
@@ -115,7 +116,8 @@ def export_onnx(model_dir: Path, out: Path | None = None, int8: bool = True, ops
     names = [k for k in MODEL_INPUTS if k in sample]  # the order of LogitsOnly.forward's parameters
     wrapper = logits_only(model)
     fp32_path = out_dir / ONNX_FILE
-    used, opset = _atomic_write(fp32_path, lambda tmp: _export_graph(wrapper, sample, names, tmp, opset, exporter))
+    with atomic_path(fp32_path) as tmp:
+        used, opset = _export_graph(wrapper, sample, names, tmp, opset, exporter)
     log.info("ONNX graph (%s exporter, opset %d) written to %s in %.1f s", used, opset, fp32_path, time.time() - t0)
 
     checks = [_SAMPLE_TEXTS, _SAMPLE_TEXTS[1:2], _SAMPLE_TEXTS[::-1] * 3]
@@ -123,7 +125,8 @@ def export_onnx(model_dir: Path, out: Path | None = None, int8: bool = True, ops
     if diffs["onnx"] > 1e-3:
         log.warning("the ONNX graph's logits differ from torch by up to %.2e: check the export", diffs["onnx"])
     if int8:
-        _atomic_write(out_dir / ONNX_INT8_FILE, lambda tmp: quantize_int8(fp32_path, tmp))
+        with atomic_path(out_dir / ONNX_INT8_FILE) as tmp:
+            quantize_int8(fp32_path, tmp)
         diffs["onnx-int8"] = _max_logit_diff(clf, out_dir / ONNX_INT8_FILE, checks)
         log.info("int8 copy written to %s", out_dir / ONNX_INT8_FILE)
 
@@ -228,46 +231,14 @@ def _max_logit_diff(clf: EmotionClassifier, onnx_path: Path, batches: list[list[
     return diff
 
 
-def _atomic_write(dest: Path, write: Callable[[Path], object]):
-    """Call ``write(tmp)`` on a temporary file beside ``dest``, then rename it onto ``dest``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", suffix=".onnx", dir=dest.parent)
-    os.close(fd)
-    try:
-        result = write(Path(tmp))
-        os.chmod(tmp, _file_mode(dest))
-        os.replace(tmp, dest)
-        return result
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def update_meta(folder: Path, updates: dict) -> dict:
     """Read ``emitlab.json``, apply ``updates`` (top-level keys) and replace the file atomically."""
     from .inference import META_FILE, read_meta
 
     meta = read_meta(folder)
     meta.update(updates)
-    path = Path(folder) / META_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{META_FILE}.tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(meta, indent=2, ensure_ascii=False))
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(Path(folder) / META_FILE, meta)
     return meta
-
-
-def _file_mode(dest: Path) -> int:
-    """The permissions ``dest`` has, or those a new file gets (mkstemp's are owner-only)."""
-    if dest.exists():
-        return dest.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _relative(path: Path, folder: Path) -> str:
