@@ -325,17 +325,20 @@ def transformer_only_export(run_dir: Path) -> Path:
     import json
     import shutil
 
+    from emitlab.io import atomic_folder, atomic_write_json
+
     src, dest = run_dir / "model", run_dir / "model-transformer"
     if not dest.is_dir():
-        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("baseline.joblib", "*.onnx"))
-        meta = json.loads((dest / "emitlab.json").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text())["models"]["transformer"]
-        meta.pop("ensemble", None)
-        meta.pop("onnx", None)
-        meta["model_kind"] = "transformer"
-        meta["decoder"] = metrics["calibration"]["decoder"]
-        meta["metrics"] = {k: metrics[k]["macro_f1"] for k in ("validation", "test") if k in metrics}
-        (dest / "emitlab.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+        with atomic_folder(dest) as tmp:  # an interrupted copy is never reused as the export
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("baseline.joblib", "*.onnx"), dirs_exist_ok=True)
+            meta = json.loads((tmp / "emitlab.json").read_text())
+            metrics = json.loads((run_dir / "metrics.json").read_text())["models"]["transformer"]
+            meta.pop("ensemble", None)
+            meta.pop("onnx", None)
+            meta["model_kind"] = "transformer"
+            meta["decoder"] = metrics["calibration"]["decoder"]
+            meta["metrics"] = {k: metrics[k]["macro_f1"] for k in ("validation", "test") if k in metrics}
+            atomic_write_json(tmp / "emitlab.json", meta)
     return dest
 
 

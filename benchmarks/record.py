@@ -2,8 +2,11 @@
 
     python benchmarks/record.py NAME -- emitlab baseline --data ../shared/data/emit --out runs/x
 
-The JSON holds the command, the machine, the date, library versions, the wall time, the run's
-settings (its config.json) and its metrics.json (the run folder is read from the command's --out).
+The JSON holds the command, the machine (CPU model, cores, memory, GPU), the date, library
+versions, the git commit of the code and whether its tree had uncommitted changes, the wall time,
+the run's settings (its config.json) and its metrics.json (the run folder is read from the
+command's --out). Every record, ``benchmarks/inference.py``'s too, is written by
+:func:`write_result`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -21,10 +25,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
+    info = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "memory_gib": None, "cpu_model": platform.processor() or None}
     try:
-        mem = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]
-        info["memory_gib"] = round(int(mem) / 2**20, 1)
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 info["cpu_model"] = line.split(":", 1)[1].strip()
@@ -42,14 +50,15 @@ def machine() -> dict:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    from emitlab.runs import versions
+    """Write ``results/<name>.json``: date, machine, versions, git and the command line (this
+    process's own unless ``payload`` names the command it measured), then ``payload``."""
+    from emitlab.io import atomic_write_json
+    from emitlab.runs import git_info, versions
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"name": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine(), "versions": versions(), **payload}
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    return path
+               "command": shlex.join([sys.executable, *sys.argv]), "machine": machine(), "versions": versions(),
+               "git": git_info(), **payload}
+    return atomic_write_json(RESULTS / f"{name}.json", payload)
 
 
 def eval_history(run_dir: Path) -> list[dict]:
@@ -76,7 +85,9 @@ def main() -> int:
     metrics = json.loads((out / "metrics.json").read_text())
     config = json.loads((out / "config.json").read_text())
     config.pop("versions", None)
-    path = write_result(name, {"command": " ".join(command), "wall_seconds": round(wall, 1), "settings": config,
+    run_git = config.pop("git", None)  # the run's own record of the code it ran
+    path = write_result(name, {"command": shlex.join(command), "wall_seconds": round(wall, 1),
+                               **({"git": run_git} if run_git else {}), "settings": config,
                                "eval_history": eval_history(out), "metrics": metrics})
     print(f"result written to {path}")
     return 0

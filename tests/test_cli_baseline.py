@@ -44,9 +44,14 @@ def test_run_folder_is_never_overwritten_silently(emit_folder, tmp_path, capsys)
     (out / "keep.txt").write_text("mine")
     assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out), "--overwrite"]) == 2
+    assert "not an emitlab run folder" in capsys.readouterr().err  # only emitlab's own runs are replaced
     assert (out / "keep.txt").read_text() == "mine"
-    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out), "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists()
+    run = tmp_path / "run2"
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(run)]) == 0
+    (run / "extra.txt").write_text("x")
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(run), "--overwrite"]) == 0
+    assert not (run / "extra.txt").exists() and (run / "metrics.json").is_file()
 
 
 def test_config_file_and_flags(emit_folder, tmp_path):
@@ -76,3 +81,12 @@ def test_help_explains_options(capsys):
         main(["baseline", "--help"])
     out = capsys.readouterr().out
     assert "--char-ngram-max" in out and "Longest character n-gram" in out and "--zip-password" in out
+
+
+def test_report_to_wandb_is_not_offered(capsys):
+    from emitlab.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["train", "--report-to", "wandb"])
+    assert exc.value.code == 2 and "invalid choice: 'wandb'" in capsys.readouterr().err
+    assert build_parser().parse_args(["train", "--report-to", "mlflow"])

@@ -30,7 +30,8 @@ def _run_options(p: argparse.ArgumentParser, command: str) -> None:
     g.add_argument("--out", type=Path, default=None,
                    help=f"Run folder (default: runs/{command}-<timestamp>). Holds config.json, split.json, "
                         "metrics.json, submissions and run.log.")
-    g.add_argument("--overwrite", action="store_true", help="Replace an existing, non-empty run folder.")
+    g.add_argument("--overwrite", action="store_true",
+                   help="Replace an earlier run folder (only one that emitlab made: it holds .emitlab-run).")
     g.add_argument("--config", type=Path, default=None,
                    help="JSON or YAML file with one section per settings group (data:, cleaning:, ...); flags win.")
 
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .data.loading import DataError
-    from .runs import RunExistsError
+    from .errors import RunFolderError
 
     if not getattr(args, "func", None):
         parser.print_help()
@@ -283,10 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except (DataError, RunExistsError, FileNotFoundError, ValueError) as exc:
+    except (DataError, RunFolderError, FileNotFoundError, ValueError) as exc:
         if os.environ.get("EMITLAB_DEBUG"):
             raise
-        hint = "" if isinstance(exc, (DataError, RunExistsError)) else " (EMITLAB_DEBUG=1 shows the traceback)"
+        hint = "" if isinstance(exc, (DataError, RunFolderError)) else " (EMITLAB_DEBUG=1 shows the traceback)"
         print(f"emitlab: error: {exc}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from .io import atomic_write_text
+
 __all__ = ["compare_runs", "format_table", "register_cli"]
 
 #: column -> key of the ``train`` config section (transformer settings)
@@ -224,8 +226,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     frame = compare_runs(args.run_dirs)
     print(format_table(frame), end="")
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(format_table(frame, markdown=True), encoding="utf-8")
+        atomic_write_text(args.markdown, format_table(frame, markdown=True))
         print(f"markdown table written to {args.markdown}")
     return 0
 

@@ -82,7 +82,7 @@ def build_configs(args: argparse.Namespace, classes: list[type], file_data: dict
     given = vars(args)
     file_data = file_data or {}
     known = {section_name(c) for c in classes}
-    unknown = set(file_data) - known - {"command", "versions"}
+    unknown = set(file_data) - known - {"command", "versions", "git"}  # a run's config.json is a valid --config
     if unknown:
         raise ValueError(f"config file has unknown section(s) {sorted(unknown)}; expected {sorted(known)}")
     out = {}

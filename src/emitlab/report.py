@@ -29,6 +29,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .calibration import DEFAULT_THRESHOLD, Decoder, f1_threshold_curves
+from .io import atomic_write_text
 
 __all__ = ["write_report", "load_run", "render_report", "section_titles", "SECTIONS"]
 
@@ -906,8 +907,4 @@ def render_report(run: RunData) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` (self-contained) and return its path."""
     run = load_run(run_dir)
-    out = run.path / "report.html"
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(render_report(run), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return atomic_write_text(run.path / "report.html", render_report(run))

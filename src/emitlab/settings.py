@@ -122,8 +122,8 @@ class TrainConfig:
     eval_steps: int = field(default=0, metadata={"help": "Evaluate and checkpoint every N steps; 0 = once per epoch."})
     early_stopping_patience: int = field(default=2, metadata={"help": "Stop after this many evaluations without a better validation macro-F1; 0 = off."})
     logging_steps: int = field(default=20, metadata={"help": "Log the training loss every N steps."})
-    report_to: str = field(default="tensorboard", metadata={"choices": ["tensorboard", "mlflow", "wandb", "none"], "help": (
-        "Experiment tracker: TensorBoard (run folder/tb), MLflow (sqlite store in the run folder) or W&B offline.")})
+    report_to: str = field(default="tensorboard", metadata={"choices": ["tensorboard", "mlflow", "none"], "help": (
+        "Experiment tracker: TensorBoard (run folder/tb) or MLflow (sqlite store in the run folder).")})
     precision: str = field(default="auto", metadata={"choices": ["auto", "fp32", "bf16", "fp16"], "help": (
         "auto: bf16 on CUDA when supported, else fp16 on CUDA, fp32 elsewhere.")})
     device: str = field(default="auto", metadata={"choices": ["auto", "cpu", "cuda", "mps"], "help": "Where to train."})

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
+from ..io import atomic_write_json
 from .loading import DataError, TextDataset
 
 
@@ -90,12 +91,8 @@ def kfold_indices(
 
 
 def save_split(path: Path, train: TextDataset, validation: TextDataset, seed: int, val_fraction: float) -> None:
-    path.write_text(
-        json.dumps(
-            {"seed": seed, "val_fraction": val_fraction, "train_ids": train.ids, "validation_ids": validation.ids},
-            indent=1,
-        )
-    )
+    atomic_write_json(path, {"seed": seed, "val_fraction": val_fraction, "train_ids": train.ids,
+                             "validation_ids": validation.ids})
 
 
 def load_split(path: Path, ds: TextDataset) -> tuple[TextDataset, TextDataset]:
