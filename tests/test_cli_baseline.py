@@ -28,7 +28,7 @@ def test_baseline_run_folder(emit_folder, tmp_path, capsys, task, labels):
     assert cfg["data"]["task"] == task and "tfidf" in cfg and "cleaning" in cfg and "versions" in cfg
     folds = json.loads((out / "folds.json").read_text())  # 5-fold cross-fitting by default
     assert sorted(set(folds["default"]["fold_of_row"])) == [0, 1, 2, 3, 4] and len(folds["ids"]) == 300
-    assert metrics["selection"] == {"rows": "out-of-fold", "n": 300, "folds": {"default": 5, "transformer": 5}}
+    assert metrics["selection"] == {"rows": "out-of-fold", "n": 300, "folds": {"default": 5}}
     sub = pd.read_csv(out / f"submission_task-{task}_test.csv", dtype={"id": str})
     gold = pd.read_csv(emit_folder / "emit_test.csv", dtype={"id": str})
     assert list(sub.columns) == ["id"] + labels and sub["id"].tolist() == gold["id"].tolist()
@@ -61,7 +61,7 @@ def test_config_file_and_flags(emit_folder, tmp_path):
     assert main(["-q", "baseline", "--config", str(cfg), "--seed", "5", "--out", str(out)]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["tfidf"]["C"] == 0.5 and saved["data"]["seed"] == 5 and saved["run"]["folds"] == 1
-    assert json.loads((out / "metrics.json").read_text())["selection"]["n"] == 30
+    assert abs(json.loads((out / "metrics.json").read_text())["selection"]["n"] - 30) <= 2  # the 90/10 split
 
 
 def test_data_stats_png(emit_folder, tmp_path, capsys):

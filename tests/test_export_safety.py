@@ -74,10 +74,11 @@ def test_labels_that_do_not_match_the_weights(export_copy, capsys):
 
 
 def test_weights_cut_short(export_copy, capsys):
-    fold = export_copy / "members" / "transformer" / "fold-0"
-    weights = fold / "model.safetensors"
+    member = _meta(export_copy)["members"][0]
+    fold = export_copy / member["folds"][0]["path"]
+    weights = fold / ("model.safetensors" if member["kind"] == "transformer" else "W.npy")
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    _expect_one_line(capsys, export_copy, "fold-0", "transformer")
+    _expect_one_line(capsys, export_copy, "fold-0", weights.name if member["kind"] != "transformer" else "transformer")
 
 
 def test_missing_member_folder_and_unknown_kind(export_copy, capsys):

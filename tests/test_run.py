@@ -113,7 +113,7 @@ def test_quick_split_mode(tiny_model, emit_folder, tmp_path):
     assert main(["-q", "run", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
                  "--no-report", "--folds", "1", "--members", "tfidf", "lexicon"]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["selection"]["rows"] == "validation split" and m["selection"]["n"] == 30
+    assert m["selection"]["rows"] == "validation split" and abs(m["selection"]["n"] - 30) <= 2
     assert set(m["models"]) == {"tfidf", "lexicon", "average_prob", "average_logit", "stacker"}
 
 

@@ -17,7 +17,7 @@ from emitlab.calibration import (
 from emitlab.data.loading import DataError, TextDataset
 from emitlab.data.split import kfold_indices, split_dataset, stratified_split
 from emitlab.labels import TASK_A_LABELS
-from emitlab.metrics import evaluate, macro_f1
+from emitlab.evaluation import evaluate, macro_f1
 
 
 def random_labels(n=3000, k=10, seed=0):

@@ -102,11 +102,15 @@ def _prepare(args: argparse.Namespace, classes: list[type], command: str, defaul
     from .settings import PROFILES, DataConfig
 
     file_data = read_config_file(args.config) if args.config else {}
-    profile = vars(args).get("run.profile") or (file_data.get("run") or {}).get("profile")
+    profile = vars(args).get("run.profile") or (file_data.get("run") or {}).get("profile") or \
+        ("full" if command == "run" else None)
     merged = {sec: dict(values) for sec, values in (defaults or {}).items()}
     for layer in ([PROFILES[profile]] if profile else []) + [file_data]:
         for sec, values in layer.items():
-            merged.setdefault(sec, {}).update(values or {})
+            if isinstance(values, dict):
+                merged.setdefault(sec, {}).update(values)
+            else:  # e.g. "command" in a run's saved config.json: build_configs ignores it
+                merged[sec] = values
     cfgs = build_configs(args, classes, merged)
     data = load_data(cfgs[DataConfig])
     resume = getattr(args, "resume", False)

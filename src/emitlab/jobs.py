@@ -67,8 +67,9 @@ def load_data(cfg: DataConfig) -> EmitData:
     return load_emit(source, cfg.task, cfg.zip_password or None)
 
 
-def fold_plans(data: EmitData, cfgs: dict, run: RunDir) -> dict[str, FoldPlan]:
-    """The folds of every member (saved in ``folds.json``), ``"default"`` and ``"transformer"``."""
+def fold_plans(data: EmitData, cfgs: dict, run: RunDir, members: list[str]) -> dict[str, FoldPlan]:
+    """The folds (saved in ``folds.json``): ``"default"`` for the cheap members and, with a
+    transformer member, ``"transformer"`` (its own K, as each fold is a fine-tuning)."""
     from .data.split import stratified_split
 
     run_cfg: RunConfig = cfgs[RunConfig]
@@ -77,12 +78,15 @@ def fold_plans(data: EmitData, cfgs: dict, run: RunDir) -> dict[str, FoldPlan]:
     n = len(data.train)
     if run_cfg.folds <= 1:
         tr, va = stratified_split(y, dcfg.val_fraction, dcfg.seed, source=data.train.source)
-        default = split_plan(tr, va, n, dcfg.seed)
-        plans = {"default": default, "transformer": default}
+        plans = {"default": split_plan(tr, va, n, dcfg.seed)}
+        if "transformer" in members:
+            plans["transformer"] = plans["default"]
     else:
-        default = kfold_plan(y, run_cfg.folds, dcfg.seed, data.train.source)
+        plans = {"default": kfold_plan(y, run_cfg.folds, dcfg.seed, data.train.source)}
         k_tr = run_cfg.transformer_folds or run_cfg.folds
-        plans = {"default": default, "transformer": default if k_tr == run_cfg.folds else kfold_plan(y, k_tr, dcfg.seed, data.train.source)}
+        if "transformer" in members:
+            plans["transformer"] = plans["default"] if k_tr == run_cfg.folds else \
+                kfold_plan(y, k_tr, dcfg.seed, data.train.source)
     run.write_json("folds.json", {"ids": data.train.ids, **{name: p.to_dict() for name, p in plans.items()}})
     return plans
 
@@ -163,7 +167,7 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     set_texts = {name: cleaner.clean_many(ds.texts) for name, ds in sets.items()}
     timings["cleaning"] = time.time() - t
     y = data.train.labels
-    plans = fold_plans(data, cfgs, run)
+    plans = fold_plans(data, cfgs, run, members)
     rows = plans["default"].rows
     for name, p in plans.items():
         if not np.array_equal(p.rows, rows):  # pragma: no cover - both cover every row or the same split

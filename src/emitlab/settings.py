@@ -196,7 +196,8 @@ class RunConfig:
 
 #: Settings a profile puts in place of the defaults (a config file and flags still win).
 PROFILES: dict[str, dict[str, dict]] = {
-    "full": {},
+    # 3 transformer folds x 3 epochs fit the 60-minute budget on 2 CPU cores (benchmarks/results/run_full_task-A.json)
+    "full": {"train": {"epochs": 3.0}},
     "quick": {"train": {"max_steps": 40, "max_length": 64, "logging_steps": 10, "warmup_ratio": 0.1,
                         "learning_rate": 2e-4},
               "run": {"folds": 3, "transformer_folds": 2}},
