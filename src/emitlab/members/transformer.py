@@ -239,7 +239,9 @@ class TransformerMember:
         # Predict with our own length-sorted batching, not trainer.predict: with
         # train_sampling_strategy="group_by_length", transformers 5 also reorders evaluation
         # batches, so trainer.predict's rows would not follow the dataset's order.
-        self.model = trainer.model.eval()
+        # unwrap: with bf16/fp16, accelerate leaves forward() wrapped in autocast, and the run's
+        # probabilities would then differ from the fp32 export's (seen on an H200: 1.2e-3)
+        self.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
         predictor.engine = TorchBackend(self.model)  # stays on the training device
         self.predictor = predictor
         self.base_model = str(cfg.model)
