@@ -62,3 +62,20 @@ def tiny_run(tiny_model, emit_folder, tmp_path_factory) -> Path:
 def tiny_export(tiny_run) -> Path:
     """The whole-ensemble export of :func:`tiny_run` (read-only: copy it before changing it)."""
     return tiny_run / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_ensemble_export(tiny_export, tiny_run, tmp_path_factory) -> Path:
+    """A whole-ensemble export with transformer folds (read-only). ``tiny_export`` is the run's
+    *best* model, which on the easy synthetic data may be a cheap member alone; then the run's
+    stacker over every member is exported beside it."""
+    from test_onnx import has_transformer, whole_ensemble_export
+
+    if has_transformer(tiny_export):
+        return tiny_export
+    return whole_ensemble_export(tiny_run, tmp_path_factory.mktemp("ensemble") / "model")
+
+
+# One headless Chromium for every browser test (tests/browser.py): the session-scoped
+# ``chromium`` and the per-test page factory ``browser_page(viewport=...) -> Page``.
+from browser import browser_page, chromium  # noqa: E402,F401

@@ -1,7 +1,9 @@
-"""ONNX export and the onnxruntime backends, with a tiny local BERT trained for a few steps.
+"""ONNX export of an export's transformer networks and the onnxruntime backends, on the shared
+tiny run (``tiny_run`` in conftest: trained once per session; nothing is trained here).
 
-The slow test measures parity and the int8 macro-F1 change on the 1000 EMit test texts for a
-real trained model: ``EMITLAB_MODEL=runs/me5/model pytest -m slow tests/test_onnx.py``.
+Every test that writes ONNX files works on a copy of the export in ``tmp_path``. The slow test
+measures parity and the int8 macro-F1 change on the 1000 EMit test texts for a real trained
+export: ``EMITLAB_MODEL=runs/full/model pytest -m slow tests/test_onnx.py``.
 """
 
 from __future__ import annotations
@@ -19,26 +21,44 @@ import numpy as np
 import pytest
 
 from emitlab.cli import main
+from emitlab.export import META_FILE, read_meta, write_export
 from emitlab.inference import EmotionClassifier
-from emitlab.onnx_export import ONNX_FILE, ONNX_INT8_FILE, export_onnx
+from emitlab.members.transformer import NETWORK_FILE, read_network_meta
+from emitlab.onnx_export import ONNX_FILE, ONNX_INT8_FILE, OnnxBackend, export_onnx, load_onnx_backend
 
 from conftest import emit_dir
-from synthetic import make_rows, write_emit_folder
-from test_train_tiny import TRAIN_ARGS
+from synthetic import make_rows
 
 PARITY_TOL = 1e-4
 
 
+# --------------------------------------------------------------------------------------
+# The export under test
+
+
+def whole_ensemble_export(run: Path, dest: Path, model: str = "stacker") -> Path:
+    """An export of ``run``'s ``model`` (default the stacker, which uses every member) written
+    from the run's member folders, as ``emitlab run`` writes its best model. No training."""
+    run = Path(run)
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    base = read_meta(run / "model")
+    entry = metrics["models"][model]
+    meta = {"task": metrics["task"], "labels": base["labels"], "model_kind": model,
+            "decoder": entry["calibration"]["decoder"], "combiner": entry["combiner"], "cleaning": base["cleaning"],
+            "metrics": {k: entry[k]["macro_f1"] for k in ("validation", "test", "ood") if k in entry},
+            "nested_macro_f1": entry.get("nested_macro_f1")}
+    folders = {name: [run / "members" / name / f"fold-{i}" for i in range(info["folds"])]
+               for name, info in metrics["members"].items()}
+    return write_export(dest, meta, folders, make_zip=False)
+
+
+def has_transformer(export: Path) -> bool:
+    return any(m["kind"] == "transformer" for m in read_meta(export)["members"])
+
+
 @pytest.fixture(scope="module")
-def trained_model(tmp_path_factory, tiny_model) -> Path:
-    """A tiny BERT fine-tuned for a few steps and exported (``<run>/model``)."""
-    root = tmp_path_factory.mktemp("onnx")
-    data = write_emit_folder(root / "emit", n_train=120, n_test=30)
-    out = root / "run"
-    args = ["-q", "train", "--data", str(data), "--model", str(tiny_model), "--out", str(out), "--max-steps", "6",
-            "--eval-steps", "3", "--early-stopping-patience", "0"] + TRAIN_ARGS
-    assert main(args) == 0
-    return out / "model"
+def ensemble(tiny_ensemble_export) -> Path:
+    return tiny_ensemble_export
 
 
 def fresh_copy(model: Path, dest: Path) -> Path:
@@ -46,10 +66,25 @@ def fresh_copy(model: Path, dest: Path) -> Path:
     return dest
 
 
+def networks(folder: Path) -> list[Path]:
+    """The transformer network folders of an export, in the order of its emitlab.json."""
+    meta = read_meta(folder)
+    return [folder / f["path"] for m in meta["members"] if m["kind"] == "transformer" for f in m["folds"]]
+
+
+def engines(clf: EmotionClassifier) -> list:
+    return [fm.predictor.engine for fm in clf.transformer_folds]
+
+
 @pytest.fixture(scope="module")
-def exported(trained_model, tmp_path_factory) -> tuple[Path, dict]:
-    folder = fresh_copy(trained_model, tmp_path_factory.mktemp("export") / "model")
+def exported(ensemble, tmp_path_factory) -> tuple[Path, list[dict]]:
+    folder = fresh_copy(ensemble, tmp_path_factory.mktemp("export") / "model")
     return folder, export_onnx(folder)
+
+
+@pytest.fixture(scope="module")
+def reference(exported) -> EmotionClassifier:
+    return EmotionClassifier.from_pretrained(exported[0])
 
 
 def varied_texts(n: int = 40) -> list[str]:
@@ -58,41 +93,63 @@ def varied_texts(n: int = 40) -> list[str]:
     return [t * (1 + i % 5) for i, t in enumerate(texts)] + ["x", "😂", "ok " * 100]
 
 
-def test_export_writes_files_and_records_them(exported):
+# --------------------------------------------------------------------------------------
+
+
+def test_export_writes_files_and_records_them(exported, ensemble):
     import onnx
 
-    folder, result = exported
-    assert (folder / ONNX_FILE).is_file() and (folder / ONNX_INT8_FILE).is_file()
-    assert not list(folder.glob(".*tmp*")), "temporary files left behind"
-    meta = json.loads((folder / "emitlab.json").read_text())
-    rec = meta["onnx"]
-    assert rec["files"]["onnx"] == {"file": ONNX_FILE, "bytes": (folder / ONNX_FILE).stat().st_size}
-    assert rec["files"]["onnx-int8"]["file"] == ONNX_INT8_FILE
-    assert rec["files"]["onnx-int8"]["bytes"] < rec["files"]["onnx"]["bytes"]
-    assert rec["opset"] >= 17 and rec["exporter"] in ("torchscript", "dynamo") and rec["output"] == "logits"
-    assert rec["inputs"] == ["input_ids", "attention_mask"]  # this tokenizer makes no token_type_ids
-    assert rec["sample_max_abs_logit_diff"]["onnx"] <= PARITY_TOL
-    assert meta["labels"][0] == "Anger" and "decoder" in meta  # the rest of the meta is kept
-    assert Path(result["files"]["onnx"]["path"]) == (folder / ONNX_FILE).resolve()
-    graph = onnx.load(str(folder / ONNX_FILE)).graph
-    for inp in graph.input:  # dynamic batch and sequence axes, int64 ids
-        dims = inp.type.tensor_type.shape.dim
-        assert [bool(d.dim_param) for d in dims] == [True, True], inp.name
-        assert inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
-    (out,) = graph.output
-    assert out.name == "logits" and out.type.tensor_type.shape.dim[1].dim_value == 10
+    folder, results = exported
+    nets = networks(folder)
+    assert len(nets) >= 2 and len(results) == len(nets)  # every transformer fold of the ensemble
+    assert [r["network"] for r in results] == [str(n.relative_to(folder)) for n in nets]
+    # the export's own meta is untouched: the ONNX files belong to each network
+    assert json.loads((folder / META_FILE).read_text()) == json.loads((ensemble / META_FILE).read_text())
+    for net, result in zip(nets, results):
+        assert (net / ONNX_FILE).is_file() and (net / ONNX_INT8_FILE).is_file()
+        assert not list(net.glob(".*tmp*")), "temporary files left behind"
+        meta = read_network_meta(net)
+        rec = meta["onnx"]
+        assert rec["files"]["onnx"] == {"file": ONNX_FILE, "bytes": (net / ONNX_FILE).stat().st_size}
+        assert rec["files"]["onnx-int8"]["file"] == ONNX_INT8_FILE
+        assert rec["files"]["onnx-int8"]["bytes"] < rec["files"]["onnx"]["bytes"]
+        assert rec["opset"] >= 17 and rec["exporter"] in ("torchscript", "dynamo") and rec["output"] == "logits"
+        assert rec["inputs"] == ["input_ids", "attention_mask"]  # this tokenizer makes no token_type_ids
+        assert rec["sample_max_abs_logit_diff"]["onnx"] <= PARITY_TOL
+        assert meta["labels"][0] == "Anger" and meta["max_length"] == 48  # the rest of network.json is kept
+        assert Path(result["files"]["onnx"]["path"]) == (net / ONNX_FILE).resolve() and result["recorded"]
+        graph = onnx.load(str(net / ONNX_FILE)).graph
+        for inp in graph.input:  # dynamic batch and sequence axes, int64 ids
+            dims = inp.type.tensor_type.shape.dim
+            assert [bool(d.dim_param) for d in dims] == [True, True], inp.name
+            assert inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        (out,) = graph.output
+        assert out.name == "logits" and out.type.tensor_type.shape.dim[1].dim_value == 10
+    backend = load_onnx_backend(nets[0], "onnx-int8")
+    assert isinstance(backend, OnnxBackend) and backend.path == nets[0] / ONNX_INT8_FILE
 
 
 @pytest.mark.parametrize("batch_size", [1, 8, 64])
-def test_onnx_fp32_matches_torch(exported, batch_size):
+def test_onnx_fp32_matches_torch(exported, reference, batch_size):
     folder, _ = exported
     texts = varied_texts()
-    ref = EmotionClassifier.from_pretrained(folder)
+    ref = reference
     clf = EmotionClassifier.from_pretrained(folder, backend="onnx")
-    assert clf.backend == "onnx" and ref.backend == "torch" and clf.model is None
+    assert clf.backend == "onnx" and ref.backend == "torch"
+    assert [n for n, _ in clf.members] == [n for n, _ in ref.members] and len(clf.members) >= 2
+    assert len(clf.transformer_folds) == len(networks(folder))
+    assert all(isinstance(e, OnnxBackend) and e.name == "onnx" for e in engines(clf))
+    assert all(fm.model is None for fm in clf.transformer_folds)  # no torch network loaded
     p_ref, p = ref.predict_proba(texts, batch_size), clf.predict_proba(texts, batch_size)
     assert p.shape == (len(texts), 10) and p.dtype == np.float64
     assert np.abs(p - p_ref).max() <= PARITY_TOL
+    # member by member: the transformer within tolerance, the cheap members identical
+    m_ref, m = ref.member_probas(texts), clf.member_probas(texts)
+    for name, fm in clf.members:
+        if fm[0].kind == "transformer":
+            assert np.abs(m[name] - m_ref[name]).max() <= PARITY_TOL, name
+        else:
+            np.testing.assert_array_equal(m[name], m_ref[name])
     assert (clf.decode(p) == ref.decode(p_ref)).mean() > 0.99
     assert clf.predict("amore cuore")[0]["probabilities"].keys() == ref.predict("amore cuore")[0]["probabilities"].keys()
     assert clf.predict_proba([]).shape == (0, 10)
@@ -102,65 +159,108 @@ def test_onnx_int8_runs(exported):
     folder, _ = exported
     texts = varied_texts()
     clf = EmotionClassifier.from_pretrained(folder, backend="onnx-int8")
-    p = clf.predict_proba(texts, batch_size=16)
     assert clf.backend == "onnx-int8"
+    assert all(e.name == "onnx-int8" and e.path.name == ONNX_INT8_FILE for e in engines(clf))
+    p = clf.predict_proba(texts, batch_size=16)
     assert p.shape == (len(texts), 10) and np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
     assert clf.decode(p).shape == p.shape
 
 
-def test_predict_cli_backend_onnx_stdin(exported, monkeypatch, capsys):
+def test_predict_cli_backend_onnx_stdin(exported, reference, monkeypatch, capsys):
     folder, _ = exported
     lines = "felice evviva\nche schifo vergogna paura\n"
-    res = subprocess.run([sys.executable, "-m", "emitlab.cli", "-q", "predict", "--model", str(folder), "--backend", "onnx"],
-                         input=lines, capture_output=True, text=True, check=True)
+    res = subprocess.run([sys.executable, "-m", "emitlab.cli", "-q", "predict", "--model", str(folder),
+                          "--backend", "onnx-int8"], input=lines, capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["text"] for r in rows] == ["felice evviva", "che schifo vergogna paura"]
-    ref = EmotionClassifier.from_pretrained(folder).predict(lines.splitlines())
+    assert all(set(r["probabilities"]) == set(reference.label_names) for r in rows)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))  # in-process this time (saves a start-up)
+    assert main(["-q", "predict", "--model", str(folder), "--backend", "onnx"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    ref = reference.predict(lines.splitlines())
+    assert len(rows) == 2
     for a, b in zip(rows, ref):
         assert max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in a["probabilities"]) <= PARITY_TOL
         assert a["labels"] == b["labels"]
-    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))  # in-process this time (saves a start-up)
-    assert main(["-q", "predict", "--model", str(folder), "--backend", "onnx-int8"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
 
 
-def test_export_onnx_cli(trained_model, tmp_path, capsys):
-    folder = fresh_copy(trained_model, tmp_path / "model")
+def test_export_onnx_cli(ensemble, tiny_export, tmp_path, capsys, monkeypatch):
+    folder = fresh_copy(ensemble, tmp_path / "model")
+    nets = networks(folder)
     assert main(["-q", "export-onnx", "--model", str(folder), "--no-int8"]) == 0
-    assert "model.onnx" in capsys.readouterr().out
-    assert (folder / ONNX_FILE).is_file() and not (folder / ONNX_INT8_FILE).exists()
-    assert set(json.loads((folder / "emitlab.json").read_text())["onnx"]["files"]) == {"onnx"}
-    # --out elsewhere: recorded with its absolute path and used by the onnx backend
+    out = capsys.readouterr().out
+    assert out.count(ONNX_FILE) == len(nets) and "members/transformer/fold-1" in out
+    for net in nets:
+        assert (net / ONNX_FILE).is_file() and not (net / ONNX_INT8_FILE).exists()
+        assert set(read_network_meta(net)["onnx"]["files"]) == {"onnx"}
+
+    # --out elsewhere: OUT/<member>/fold-<i>, recorded by absolute path and used by the onnx backends
     other = tmp_path / "onnx-files"
     assert main(["-q", "export-onnx", "--model", str(folder), "--out", str(other)]) == 0
-    files = json.loads((folder / "emitlab.json").read_text())["onnx"]["files"]
-    assert files["onnx-int8"]["file"] == str((other / ONNX_INT8_FILE).resolve())
-    assert EmotionClassifier.from_pretrained(folder, backend="onnx-int8").engine.path == (other / ONNX_INT8_FILE).resolve()
-    assert main(["export-onnx", "--model", str(tmp_path / "nowhere")]) == 2  # one error line, no traceback
+    assert "recorded under 'onnx'" in capsys.readouterr().out
+    shipped = [other / net.relative_to(folder / "members") for net in nets]
+    assert [p.relative_to(other).as_posix() for p in shipped] == [f"transformer/fold-{i}" for i in range(len(nets))]
+    for net, dest in zip(nets, shipped):
+        files = read_network_meta(net)["onnx"]["files"]
+        assert files["onnx-int8"]["file"] == str((dest / ONNX_INT8_FILE).resolve())
+        assert (dest / ONNX_FILE).is_file() and not (net / ONNX_INT8_FILE).exists()
+    clf = EmotionClassifier.from_pretrained(folder, backend="onnx-int8")
+    assert [e.path for e in engines(clf)] == [(d / ONNX_INT8_FILE).resolve() for d in shipped]
+    # moved away: the backends fall back to the files inside each network folder
+    shutil.move(other, tmp_path / "moved")
+    clf = EmotionClassifier.from_pretrained(folder, backend="onnx")
+    assert [e.path for e in engines(clf)] == [net / ONNX_FILE for net in nets]
+
+    # a read-only export: the files are written under --out but cannot be recorded, and say so
+    import emitlab.onnx_export as onnx_export
+
+    def read_only(folder, updates):
+        raise PermissionError(13, "Permission denied", str(Path(folder) / NETWORK_FILE))
+
+    monkeypatch.setattr(onnx_export, "update_meta", read_only)
+    assert main(["-q", "export-onnx", "--model", str(folder), "--out", str(tmp_path / "ro"), "--no-int8"]) == 0
+    assert "NOT recorded" in capsys.readouterr().out
+    assert (tmp_path / "ro" / "transformer" / "fold-0" / ONNX_FILE).is_file()
+    monkeypatch.undo()
+
+    # one error line (exit 2), no traceback: no such model, and an export with no transformer
+    assert main(["export-onnx", "--model", str(tmp_path / "nowhere")]) == 2
+    if not has_transformer(tiny_export):
+        assert main(["export-onnx", "--model", str(tiny_export)]) == 2
+        assert "no transformer member" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export-onnx", "--help"])
-    assert "--no-int8" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert "--no-int8" in help_text and "<member>/fold-<i>" in help_text
 
 
-def test_missing_onnx_is_exported_on_load(trained_model, tmp_path):
-    # from the .zip too: the file goes into the extracted copy beside it
-    zipped = shutil.make_archive(str(tmp_path / "model"), "zip", trained_model)
+def test_missing_onnx_is_exported_on_load(ensemble, tmp_path):
+    # from the .zip too: the files go into the extracted copy beside it
+    zipped = shutil.make_archive(str(tmp_path / "model"), "zip", ensemble)
     clf = EmotionClassifier.from_pretrained(zipped, backend="onnx-int8")
-    assert clf.engine.path.name == ONNX_INT8_FILE and clf.engine.path.is_file()
-    assert "onnx" in clf.meta
+    assert clf.transformer_folds and all(e.path.name == ONNX_INT8_FILE and e.path.is_file() for e in engines(clf))
+    extracted = tmp_path / "model.unzipped"
+    for net in networks(extracted):
+        assert set(read_network_meta(net)["onnx"]["files"]) == {"onnx", "onnx-int8"}
+    assert not any(ensemble.rglob("*.onnx")), "the source export was written to"
     assert clf.predict_proba(["ciao"]).shape == (1, 10)
 
 
-def test_token_type_ids_input_when_the_tokenizer_makes_them(trained_model, tmp_path):
-    folder = fresh_copy(trained_model, tmp_path / "model")
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]  # as BERT tokenizers do
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    result = export_onnx(folder, int8=False)
-    assert result["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+def test_token_type_ids_input_when_the_tokenizer_makes_them(ensemble, reference, tmp_path):
+    folder = fresh_copy(ensemble, tmp_path / "model")
+    for net in networks(folder):
+        config = json.loads((net / "tokenizer_config.json").read_text())
+        config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]  # as BERT tokenizers do
+        (net / "tokenizer_config.json").write_text(json.dumps(config))
+    results = export_onnx(folder, int8=False)
+    assert [r["inputs"] for r in results] == [["input_ids", "attention_mask", "token_type_ids"]] * len(results)
+    # one network folder alone (export_onnx accepts it too): the same inputs
+    (single,) = export_onnx(networks(folder)[0], tmp_path / "single", int8=False)
+    assert single["network"] == "." and single["inputs"] == results[0]["inputs"]
     texts = varied_texts(20)
-    p_ref = EmotionClassifier.from_pretrained(folder).predict_proba(texts, 8)
-    p = EmotionClassifier.from_pretrained(folder, backend="onnx").predict_proba(texts, 8)
+    p_ref = EmotionClassifier.from_pretrained(folder).member_probas(texts)["transformer"]
+    p = EmotionClassifier.from_pretrained(folder, backend="onnx").member_probas(texts)["transformer"]
     assert np.abs(p - p_ref).max() <= PARITY_TOL
 
 
@@ -170,16 +270,28 @@ def test_bad_backend_and_device(exported):
         EmotionClassifier.from_pretrained(folder, backend="tensorrt")
     with pytest.raises(ValueError, match="runs on CPU"):
         EmotionClassifier.from_pretrained(folder, backend="onnx", device="cuda")
+    with pytest.raises(ValueError, match="not an ONNX backend"):
+        load_onnx_backend(networks(folder)[0], "torch")
+    assert main(["-q", "predict", "--model", str(folder), "--backend", "onnx", "--device", "cuda", "ciao"]) == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxscript") is not None, reason="onnxscript is installed")
+def test_dynamo_exporter_without_onnxscript_is_a_clear_error(ensemble, tmp_path):
+    net = fresh_copy(networks(ensemble)[0], tmp_path / "fold-0")
+    before = sorted(p.name for p in net.iterdir())
+    with pytest.raises(ValueError, match="pip install onnxscript"):
+        export_onnx(net, exporter="dynamo")
+    assert sorted(p.name for p in net.iterdir()) == before  # no file, not even a temporary one, left behind
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None, reason="the dynamo exporter needs onnxscript")
-def test_dynamo_exporter(trained_model, tmp_path):
-    folder = fresh_copy(trained_model, tmp_path / "model")
-    result = export_onnx(folder, int8=False, exporter="dynamo")
-    assert result["exporter"] == "dynamo" and result["opset"] >= 18
+def test_dynamo_exporter(ensemble, tmp_path):
+    folder = fresh_copy(ensemble, tmp_path / "model")
+    results = export_onnx(folder, int8=False, exporter="dynamo")
+    assert all(r["exporter"] == "dynamo" and r["opset"] >= 18 for r in results)
     texts = varied_texts(20)
-    p_ref = EmotionClassifier.from_pretrained(folder).predict_proba(texts, 8)
-    p = EmotionClassifier.from_pretrained(folder, backend="onnx").predict_proba(texts, 8)
+    p_ref = EmotionClassifier.from_pretrained(folder).member_probas(texts)["transformer"]
+    p = EmotionClassifier.from_pretrained(folder, backend="onnx").member_probas(texts)["transformer"]
     assert np.abs(p - p_ref).max() <= PARITY_TOL
 
 
@@ -188,18 +300,21 @@ def test_dynamo_exporter(trained_model, tmp_path):
 
 @pytest.mark.slow
 def test_real_model_parity_and_int8_f1(tmp_path):
-    """fp32 ONNX == torch on the 1000 EMit test texts; int8 costs little macro-F1."""
+    """fp32 ONNX == torch on the 1000 EMit test texts for the whole classifier; int8 costs
+    little macro-F1."""
     from emitlab.data.loading import load_table
-    from emitlab.metrics import macro_f1
+    from emitlab.evaluation import macro_f1
 
     env = os.environ.get("EMITLAB_MODEL")
-    if not env or not (Path(env) / "emitlab.json").is_file():
-        pytest.skip("set EMITLAB_MODEL to a trained export folder (e.g. runs/me5/model) to run this test")
+    if not env or not (Path(env) / META_FILE).is_file():
+        pytest.skip("set EMITLAB_MODEL to a trained export folder (e.g. runs/full/model) to run this test")
+    if not has_transformer(Path(env)):
+        pytest.skip(f"{env} holds no transformer member: nothing to export to ONNX")
     test_csv = emit_dir() / "emit_test.csv"
     if not test_csv.is_file():
         pytest.skip(f"EMit test data not found at {test_csv} (set EMITLAB_DATA to the folder with emit_test.csv)")
     # a copy, so that the test leaves the user's export folder untouched
-    folder = Path(shutil.copytree(env, tmp_path / "model"))
+    folder = Path(shutil.copytree(env, tmp_path / "model", ignore=shutil.ignore_patterns("*.onnx")))
     export_onnx(folder)
     ref = EmotionClassifier.from_pretrained(folder)
     gold = load_table(test_csv, label_cols=ref.label_names)

@@ -20,7 +20,6 @@ from emitlab.report import RunData, load_run, pr_curve, section_titles, stacker_
 from synthetic import make_rows
 from test_report_helpers import HOSTILE_ESCAPED, baseline_split_run, make_schema1_folder, schema2_run
 
-CHROMIUM = Path("/usr/bin/chromium")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: candidates, distribution, per-label, average weights, stacker, thresholds, PR, co-occurrence, training
 FULL_FIGURES = 9
@@ -216,30 +215,20 @@ def test_missing_metrics_is_a_clear_error(tmp_path):
         write_report(tmp_path)
 
 
-def test_report_renders_in_headless_chromium(full_report, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) not installed")
+def test_report_renders_in_headless_chromium(full_report, browser_page, tmp_path):
     errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1360, "height": 900})
-            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-            requests: list[str] = []
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(full_report.resolve().as_uri(), wait_until="load")
-            page.wait_for_function("Array.from(document.images).every(i => i.complete)")
-            widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
-            # nothing wider than the window: tables scroll inside their section, the navigation wraps
-            page_width = page.evaluate("document.documentElement.scrollWidth")
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    requests: list[str] = []
+    page = browser_page(viewport={"width": 1360, "height": 900})
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(full_report.resolve().as_uri(), wait_until="load")
+    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+    # nothing wider than the window: tables scroll inside their section, the navigation wraps
+    page_width = page.evaluate("document.documentElement.scrollWidth")
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
     assert errors == []
     assert len(widths) == FULL_FIGURES and all(w > 0 for w in widths), widths
     assert page_width <= 1360

@@ -1,5 +1,6 @@
-"""The HTTP service (FastAPI TestClient) and its demo page (headless Chromium via Playwright),
-on a tiny BERT trained for a few seconds on made-up data."""
+"""The HTTP service (FastAPI TestClient) and its demo page (the shared headless Chromium of
+tests/browser.py), serving the whole ensemble exported from the session's tiny run (conftest's
+``tiny_run``: trained once per session; nothing is trained here)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -17,24 +19,23 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from emitlab.cli import main  # noqa: E402
 from emitlab.serving.app import BodyLimit, create_app, default_max_body_bytes, load_classifier  # noqa: E402
 
-from synthetic import write_emit_folder  # noqa: E402
+from test_onnx import has_transformer  # noqa: E402
 
-TRAIN_ARGS = ["--epochs", "1", "--batch-size", "16", "--learning-rate", "3e-3", "--head-learning-rate", "1e-2",
-              "--max-length", "48", "--report-to", "none", "--no-freeze-word-embeddings", "--logging-steps", "5"]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+DEMO_TEXT = "Che bella giornata, sono felice evviva! Ti voglio bene, amore cuore ❤️"
+#: true once every bar has its final width and no CSS transition is running
+BARS_SETTLED = """() => {
+  const bars = [...document.querySelectorAll('.result .bar')];
+  return bars.length === 10 && bars.every(b => b.style.width !== '0%' || Number(b.dataset.probability) === 0)
+    && document.getAnimations().every(a => a.playState === 'finished');
+}"""
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory, tiny_model) -> Path:
-    data = write_emit_folder(tmp_path_factory.mktemp("emit"), n_train=120, n_test=20)
-    out = tmp_path_factory.mktemp("runs") / "train"
-    assert main(["-q", "train", "--data", str(data), "--model", str(tiny_model), "--out", str(out)] + TRAIN_ARGS) == 0
-    return out / "model"
+def export_dir(tiny_ensemble_export) -> Path:
+    """The whole ensemble (every member, the transformer too), read-only."""
+    return tiny_ensemble_export
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_predict_one_text(client, classifier):
     assert all(0.0 <= p <= 1.0 for p in pred["probabilities"].values())
     assert set(pred["labels"]) <= set(classifier.label_names)
     assert body["model"]["name"] == "tiny" and body["model"]["n_labels"] == 10 and body["model"]["task"] == "A"
-    assert body["model"]["backend"] == "torch"
+    assert body["model"]["backend"] == "torch" and body["model"]["model_kind"] == classifier.meta["model_kind"]
     # same answer as the Python API
     direct = classifier.predict("felice evviva")[0]
     assert pred["labels"] == direct["labels"]
@@ -93,6 +94,61 @@ def test_labels_and_health(client, classifier, export_dir):
     assert body["limits"] == {"max_texts": 4, "max_chars": 50, "max_body_bytes": default_max_body_bytes(4, 50)}
     h = client.get("/health")
     assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["model"]["n_labels"] == 10
+    assert h.json()["model"] == body["model"]
+
+
+def test_model_info_names_members_folds_and_combiner(client, classifier, export_dir):
+    meta = json.loads((export_dir / "emitlab.json").read_text())
+    info = client.get("/health").json()["model"]
+    assert info["model_kind"] == meta["model_kind"]
+    names = [m["name"] for m in meta["members"]]
+    assert [m["name"] for m in info["members"]] == names and {"tfidf", "transformer"} <= set(names)
+    members = {m["name"]: m for m in info["members"]}
+    assert {n: m["folds"] for n, m in members.items()} == {m["name"]: len(m["folds"]) for m in meta["members"]}
+    assert members["tfidf"]["folds"] == 3 and members["transformer"]["folds"] == 2  # conftest's TINY_FOLDS
+    assert {n: m["kind"] for n, m in members.items()} == {m["name"]: m["kind"] for m in meta["members"]}
+    assert {n: m["backend"] for n, m in members.items()} == {
+        m["name"]: "torch" if m["kind"] == "transformer" else "numpy" for m in meta["members"]}
+    assert members["transformer"]["max_length"] == info["max_length"] == 48
+    assert members["transformer"]["base_model"] == info["base_model"] and info["base_model"]
+    assert members["tfidf"]["max_length"] is None and members["tfidf"]["base_model"] is None
+    combiner = meta["combiner"]
+    assert info["combiner"] == {"kind": combiner["kind"], "space": combiner.get("space"), "members": names}
+    weights = combiner["weights"] if combiner["kind"] == "average" else [None] * len(names)
+    assert [m["weight"] for m in info["members"]] == pytest.approx(weights)
+    assert info["macro_f1"] == pytest.approx(meta["metrics"], abs=1e-4)
+    assert info["nested_macro_f1"] == pytest.approx(meta["nested_macro_f1"], abs=1e-4)
+
+
+def test_model_info_of_a_single_member_export(tiny_export):
+    """The run's own export (its best model: a weighted average of the members it uses)."""
+    meta = json.loads((tiny_export / "emitlab.json").read_text())
+    app = create_app(load_classifier(tiny_export), model_name="model")
+    with TestClient(app) as c:
+        info = c.get("/labels").json()["model"]
+        r = c.post("/predict", json={"text": "felice evviva"})
+    assert r.status_code == 200, r.text
+    assert info["model_kind"] == meta["model_kind"] and info["combiner"]["kind"] == meta["combiner"]["kind"]
+    assert [(m["name"], m["folds"]) for m in info["members"]] == [(m["name"], len(m["folds"])) for m in meta["members"]]
+    if meta["combiner"]["kind"] == "average":
+        assert [m["weight"] for m in info["members"]] == pytest.approx(meta["combiner"]["weights"])
+    if not has_transformer(tiny_export):
+        assert info["max_length"] is None and info["base_model"] is None
+
+
+def test_serving_on_the_onnx_backend(export_dir, classifier, tmp_path):
+    folder = Path(shutil.copytree(export_dir, tmp_path / "model"))  # the ONNX files are written into the copy
+    app = create_app(load_classifier(folder, backend="onnx"), model_name="tiny-onnx")
+    texts = ["felice evviva", "che paura terrore"]
+    with TestClient(app) as c:
+        info = c.get("/health").json()["model"]
+        r = c.post("/predict", json={"texts": texts})
+    assert r.status_code == 200, r.text
+    assert info["backend"] == "onnx"
+    assert {m["name"]: m["backend"] for m in info["members"]} == {"tfidf": "numpy", "lexicon": "numpy",
+                                                                   "transformer": "onnx"}
+    got = np.array([[p["probabilities"][k] for k in classifier.label_names] for p in r.json()["predictions"]])
+    assert np.abs(got - classifier.predict_proba(texts)).max() <= 1e-4
 
 
 @pytest.mark.parametrize("payload, status, words", [
@@ -193,7 +249,9 @@ def test_openapi_and_docs(client):
     assert "post" in spec["paths"]["/predict"]
     assert {"/labels", "/health"} <= set(spec["paths"]) and "/" not in spec["paths"]
     schemas = spec["components"]["schemas"]
-    assert {"PredictRequest", "PredictResponse", "Prediction", "LabelsResponse"} <= set(schemas)
+    assert {"PredictRequest", "PredictResponse", "Prediction", "LabelsResponse", "ModelInfo", "MemberInfo",
+            "CombinerInfo"} <= set(schemas)
+    assert {"members", "combiner", "model_kind", "backend"} <= set(schemas["ModelInfo"]["properties"])
     assert "1 to 4 texts" in schemas["PredictRequest"]["properties"]["texts"]["description"]
     assert client.get("/docs").status_code == 200
 
@@ -244,7 +302,7 @@ def test_serve_cli_registration():
         parser.parse_args(["serve", "--model", "m", "--max-body-bytes", "0"])
 
 
-def test_serve_defaults_to_localhost_and_passes_the_body_limit(monkeypatch):
+def test_serve_defaults_to_localhost_and_passes_the_body_limit(monkeypatch, capsys):
     import argparse
 
     import uvicorn
@@ -254,6 +312,8 @@ def test_serve_defaults_to_localhost_and_passes_the_body_limit(monkeypatch):
 
     class Clf:
         label_names = ["Joy"]
+        members = [("tfidf", [object()] * 3), ("transformer", [object()] * 2)]
+        meta = {"model_kind": "stacker"}
 
     calls = {}
     monkeypatch.setattr(app_module, "load_classifier", lambda model, **kw: Clf())
@@ -265,6 +325,7 @@ def test_serve_defaults_to_localhost_and_passes_the_body_limit(monkeypatch):
     assert args.func(args) == 0
     assert calls["run"]["host"] == "127.0.0.1"
     assert calls["app"]["max_body_bytes"] == 4096
+    assert "stacker of tfidf x3, transformer x2" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- browser
@@ -309,75 +370,74 @@ def test_live_server_refuses_a_large_chunked_upload(live_server):
     assert httpx.post(live_server + "/predict", json={"text": "felice"}).status_code == 200
 
 
-def test_demo_page_in_headless_chromium(live_server, classifier, tmp_path):
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip(f"{CHROMIUM} not found (install it with: apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
-
+def test_demo_page_in_headless_chromium(live_server, classifier, browser_page, tmp_path):
     problems: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-                                     args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-            page.goto(live_server + "/", wait_until="networkidle")
-            assert "Emozioni" in page.title()
-            page.fill("#text", "Che bella giornata, sono felice evviva! Ti voglio bene, amore cuore ❤️")
-            page.click("#submit")
-            page.wait_for_selector(".result .bar[data-label=Joy]")
-            page.wait_for_function("document.querySelectorAll('.result .bar').length === 10")
-            page.wait_for_timeout(500)  # let the width transition finish before measuring
+    page = browser_page(viewport={"width": 1000, "height": 900})
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.goto(live_server + "/", wait_until="networkidle")
+    assert "Emozioni" in page.title()
+    page.wait_for_function("document.querySelector('#model-info').textContent.includes('labels')")
+    page.fill("#text", DEMO_TEXT)
+    page.click("#submit")
+    page.wait_for_selector(".result .bar[data-label=Joy]")
+    page.wait_for_function(BARS_SETTLED)  # the width transitions have ended: the boxes are final
 
-            labels = classifier.label_names
-            bars = page.locator(".result .bar")
-            assert bars.count() == 10
-            for label in labels:
-                bar = page.locator(f".result .bar[data-label={label}]")
-                box = bar.bounding_box()
-                assert box is not None and box["width"] > 0, label
-                mark = page.locator(f".result .threshold[data-label={label}]")
-                assert mark.count() == 1, label
-                mbox = mark.bounding_box()
-                assert mbox is not None and mbox["height"] > 0, label
-            # the predicted labels are highlighted and match the API
-            expected = classifier.predict("Che bella giornata, sono felice evviva! Ti voglio bene, amore cuore ❤️")[0]
-            highlighted = page.eval_on_selector_all(".result .row.predicted", "rows => rows.map(r => r.dataset.label)")
-            assert sorted(highlighted) == sorted(expected["labels"])
-            assert page.locator(".result .chip").count() == len(expected["labels"])
-            assert not page.locator("#error").is_visible()
+    labels = classifier.label_names
+    assert page.locator(".result .bar").count() == 10
+    for label in labels:
+        box = page.locator(f".result .bar[data-label={label}]").bounding_box()
+        assert box is not None and box["width"] > 0, label
+        mark = page.locator(f".result .threshold[data-label={label}]")
+        assert mark.count() == 1, label
+        mbox = mark.bounding_box()
+        assert mbox is not None and mbox["height"] > 0, label
+    # the predicted labels are highlighted and match the API (the whole ensemble)
+    expected = classifier.predict(DEMO_TEXT)[0]
+    highlighted = page.eval_on_selector_all(".result .row.predicted", "rows => rows.map(r => r.dataset.label)")
+    assert sorted(highlighted) == sorted(expected["labels"])
+    assert page.locator(".result .chip").count() == len(expected["labels"])
+    assert not page.locator("#error").is_visible()
 
-            # an error from the API is shown on the page, not swallowed
-            page.fill("#text", "z" * 2100)
-            with page.expect_response("**/predict") as resp:
-                page.click("#submit")
-            assert resp.value.status == 422
-            page.wait_for_selector("#error.show")
-            assert "2000" in page.inner_text("#error")
-            page.fill("#text", "Che bella giornata, sono felice evviva! Ti voglio bene, amore cuore ❤️")
-            with page.expect_response("**/predict") as resp:
-                page.click("#submit")
-            assert resp.value.status == 200
-            page.wait_for_selector("#submit:enabled")
-            assert not page.locator("#error").is_visible()
-            page.wait_for_timeout(500)
+    # an error from the API is shown on the page, not swallowed
+    page.fill("#text", "z" * 2100)
+    with page.expect_response("**/predict") as resp:
+        page.click("#submit")
+    assert resp.value.status == 422
+    page.wait_for_selector("#error.show")
+    assert "2000" in page.inner_text("#error")
+    page.fill("#text", DEMO_TEXT)
+    with page.expect_response("**/predict") as resp:
+        page.click("#submit")
+    assert resp.value.status == 200
+    page.wait_for_selector("#submit:enabled")
+    assert not page.locator("#error").is_visible()
+    page.wait_for_function(BARS_SETTLED)
 
-            shot = tmp_path / "demo.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    shot = tmp_path / "demo.png"
+    page.screenshot(path=str(shot), full_page=True)
     assert shot.is_file() and shot.stat().st_size > 5000
     # the 422 of the deliberate too-long text is logged by Chromium as a failed resource load
     problems = [p for p in problems if not ("422" in p and "Failed to load resource" in p)]
     assert not problems, problems
 
 
-def test_load_classifier_passes_backend_only_when_not_torch(monkeypatch):
+def test_load_classifier_loads_the_whole_export_on_the_backend(monkeypatch):
     from emitlab.inference import EmotionClassifier
 
     calls = []
     monkeypatch.setattr(EmotionClassifier, "from_pretrained", classmethod(lambda cls, path, **kw: calls.append(kw) or "clf"))
     assert load_classifier("m") == "clf" and load_classifier("m", backend="onnx-int8", device="cpu") == "clf"
-    assert calls == [{}, {"device": "cpu", "backend": "onnx-int8"}]
+    assert calls == [{"device": None, "backend": "torch"}, {"device": "cpu", "backend": "onnx-int8"}]
+
+
+def test_load_classifier_errors(export_dir, tmp_path):
+    from emitlab.errors import ModelFormatError
+
+    with pytest.raises(ValueError, match="unknown backend"):
+        load_classifier(export_dir, backend="tensorrt")
+    with pytest.raises(ValueError, match="runs on CPU"):
+        load_classifier(export_dir, backend="onnx", device="cuda")
+    with pytest.raises(ModelFormatError, match="no such file"):
+        load_classifier(tmp_path / "nowhere")

@@ -48,6 +48,10 @@ class EmotionClassifier:
 
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend != "torch" and device not in (None, "cpu"):
+            # checked here, not only in the loader: a fold's load errors become ModelFormatErrors
+            raise ValueError(f"the {backend} backend runs on CPU with onnxruntime; "
+                             f"device {device!r} needs backend 'torch'")
         folder = resolve_export(path)
         meta = read_meta(folder)
         members = []

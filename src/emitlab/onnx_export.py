@@ -16,10 +16,16 @@ the output is ``logits`` (float32, ``(batch, n_labels)``).
 activations quantised on the fly): about a quarter of the size and usually faster on CPU, at
 the price of slightly different probabilities (``benchmarks/inference.py`` measures both).
 
-Each transformer fold model of an export is a network folder (``members/transformer/fold-<i>``);
+Each transformer fold model of an export is a network folder (``members/<member>/fold-<i>``);
 its files are written into that folder by default and listed under ``"onnx"`` in its
 ``network.json`` with their sizes and the largest logit difference from torch measured at export.
 The cheap members (TF-IDF, lexicon) need no ONNX: they are a sparse product in numpy.
+
+``--out DIR`` (``export_onnx(..., out=DIR)``) writes the files under ``DIR/<member>/fold-<i>``
+instead, to ship the graphs elsewhere (another runtime, another machine). They are recorded in
+each ``network.json`` by absolute path when the export is writable, so the onnx backends use
+them while they stay there; a moved ``DIR``, or a read-only export (nothing recorded), is not
+found, and the backends then look for (or write) the files inside the network folders.
 
 Exporter: torch 2.13 has two. The TorchScript tracer (``torch.onnx.export(..., dynamo=False)``)
 needs nothing beyond torch, exports a BERT in about a second and gives a graph whose batch and
@@ -35,12 +41,13 @@ import contextlib
 import importlib.util
 import json
 import logging
-import os
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+
+from .io import atomic_path, atomic_write_json
 
 # torch, numpy, onnxruntime and the members are imported where they are used: the CLI
 # builds its parser (and so imports this module) on every call and must stay quick.
@@ -93,15 +100,22 @@ def export_onnx(model_dir: Path, out: Path | None = None, int8: bool = True, ops
                 exporter: str = "auto") -> list[dict]:
     """Export every transformer network of ``model_dir`` (an export folder or its .zip, or one
     network folder) to ``model.onnx`` and, with ``int8``, ``model.int8.onnx`` inside that
-    network's folder (or under ``out/<member>/fold-<i>``). Returns one entry per network."""
+    network's folder (or under ``out/<member>/fold-<i>``; ``out`` itself for one network folder).
+    Returns one entry per network (``"network"``: its folder relative to the export)."""
     folders = network_folders(model_dir)
     if not folders:
         raise ValueError(f"{model_dir}: no transformer member to export (the cheap members run in numpy)")
     results = []
     for rel, folder in folders:
-        dest = (Path(out) / rel) if out is not None else folder
+        dest = Path(out) / out_subfolder(rel) if out is not None else folder
         results.append(export_network_onnx(folder, dest, int8, opset, exporter) | {"network": rel})
     return results
+
+
+def out_subfolder(rel: str) -> str:
+    """Where a network's files go under ``--out``: ``members/<member>/fold-<i>`` -> ``<member>/fold-<i>``."""
+    parts = Path(rel).parts
+    return str(Path(*parts[1:])) if len(parts) > 1 and parts[0] == "members" else rel
 
 
 def network_folders(path: Path) -> list[tuple[str, Path]]:
@@ -119,10 +133,13 @@ def network_folders(path: Path) -> list[tuple[str, Path]]:
             for fold in m["folds"]]
 
 
-def export_network_onnx(folder: Path, out_dir: Path, int8: bool = True, opset: int = DEFAULT_OPSET,
+def export_network_onnx(folder: Path, out_dir: Path | None = None, int8: bool = True, opset: int = DEFAULT_OPSET,
                         exporter: str = "auto") -> dict:
-    """Export one network folder. Every file is written to a temporary name and renamed into
-    place; the folder's ``network.json`` gets an ``"onnx"`` entry listing the files present."""
+    """Export one network folder into ``out_dir`` (default: the folder itself). Every file is
+    written to a temporary name and renamed into place; the folder's ``network.json`` gets an
+    ``"onnx"`` entry listing the files present in ``out_dir`` (relative names inside the folder,
+    absolute ones elsewhere). When ``out_dir`` is elsewhere and the folder is read-only, the files
+    are written but not recorded (``"recorded": false`` in the result)."""
     import torch
 
     from .members.transformer import MODEL_INPUTS, load_predictor
@@ -131,6 +148,8 @@ def export_network_onnx(folder: Path, out_dir: Path, int8: bool = True, opset: i
         raise ValueError(f"unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
     if opset < 17:
         raise ValueError(f"opset must be at least 17 (LayerNormalization), got {opset}")
+    folder = Path(folder)
+    out_dir = Path(out_dir) if out_dir is not None else folder
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     predictor, model = load_predictor(folder, "torch", "cpu")
@@ -139,7 +158,8 @@ def export_network_onnx(folder: Path, out_dir: Path, int8: bool = True, opset: i
     names = [k for k in MODEL_INPUTS if k in sample]  # the order of LogitsOnly.forward's parameters
     wrapper = logits_only(model)
     fp32_path = out_dir / ONNX_FILE
-    used, opset = _atomic_write(fp32_path, lambda tmp: _export_graph(wrapper, sample, names, tmp, opset, exporter))
+    with atomic_path(fp32_path) as tmp:
+        used, opset = _export_graph(wrapper, sample, names, tmp, opset, exporter)
     log.info("ONNX graph (%s exporter, opset %d) written to %s in %.1f s", used, opset, fp32_path, time.time() - t0)
 
     checks = [_SAMPLE_TEXTS, _SAMPLE_TEXTS[1:2], _SAMPLE_TEXTS[::-1] * 3]
@@ -147,7 +167,8 @@ def export_network_onnx(folder: Path, out_dir: Path, int8: bool = True, opset: i
     if diffs["onnx"] > 1e-3:
         log.warning("the ONNX graph's logits differ from torch by up to %.2e: check the export", diffs["onnx"])
     if int8:
-        _atomic_write(out_dir / ONNX_INT8_FILE, lambda tmp: quantize_int8(fp32_path, tmp))
+        with atomic_path(out_dir / ONNX_INT8_FILE) as tmp:
+            quantize_int8(fp32_path, tmp)
         diffs["onnx-int8"] = _max_logit_diff(predictor, out_dir / ONNX_INT8_FILE, checks)
         log.info("int8 copy written to %s", out_dir / ONNX_INT8_FILE)
 
@@ -161,10 +182,19 @@ def export_network_onnx(folder: Path, out_dir: Path, int8: bool = True, opset: i
                                           if backend == "onnx-int8" else {})}
             if backend in diffs:
                 entry["sample_max_abs_logit_diff"][backend] = diffs[backend]
-    update_meta(folder, {"onnx": entry})
+    recorded = True
+    try:
+        update_meta(folder, {"onnx": entry})
+    except OSError as exc:
+        if out_dir.resolve() == folder.resolve():
+            raise
+        recorded = False
+        log.warning("could not record the ONNX files in %s (%s): they are in %s, but the onnx backends will not "
+                    "find them there", folder / "network.json", exc, out_dir)
     result = json.loads(json.dumps(entry))
     for backend, f in result["files"].items():
         f["path"] = str((folder / f["file"]).resolve())
+    result["recorded"] = recorded
     result["seconds"] = round(time.time() - t0, 2)
     return result
 
@@ -253,46 +283,14 @@ def _max_logit_diff(predictor: EncoderPredictor, onnx_path: Path, batches: list[
     return diff
 
 
-def _atomic_write(dest: Path, write: Callable[[Path], object]):
-    """Call ``write(tmp)`` on a temporary file beside ``dest``, then rename it onto ``dest``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", suffix=".onnx", dir=dest.parent)
-    os.close(fd)
-    try:
-        result = write(Path(tmp))
-        os.chmod(tmp, _file_mode(dest))
-        os.replace(tmp, dest)
-        return result
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def update_meta(folder: Path, updates: dict) -> dict:
     """Read ``network.json``, apply ``updates`` (top-level keys) and replace the file atomically."""
     from .members.transformer import NETWORK_FILE, read_network_meta
 
     meta = read_network_meta(folder)
     meta.update(updates)
-    path = Path(folder) / NETWORK_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{NETWORK_FILE}.tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(meta, indent=2, ensure_ascii=False))
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(Path(folder) / NETWORK_FILE, meta)
     return meta
-
-
-def _file_mode(dest: Path) -> int:
-    """The permissions ``dest`` has, or those a new file gets (mkstemp's are owner-only)."""
-    if dest.exists():
-        return dest.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _relative(path: Path, folder: Path) -> str:
@@ -340,12 +338,16 @@ class OnnxBackend:
 
 
 def onnx_file(folder: Path, meta: dict, backend: str) -> Path:
-    """Where ``backend``'s ONNX file is: as recorded in ``emitlab.json``, else the default name."""
+    """Where ``backend``'s ONNX file is for a network folder: as recorded in its
+    ``network.json`` (a name inside the folder, or an absolute path written by ``--out``) when
+    that file exists, else the default name inside the folder."""
+    folder = Path(folder)
     recorded = ((meta.get("onnx") or {}).get("files") or {}).get(backend)
-    if recorded:
+    if recorded and isinstance(recorded.get("file"), str):
         path = Path(recorded["file"])
+        inside = path.is_absolute() or (folder / path).resolve().is_relative_to(folder.resolve())
         path = path if path.is_absolute() else folder / path
-        if path.is_file():
+        if inside and path.is_file():
             return path
     return folder / BACKEND_FILES[backend]
 
@@ -366,8 +368,9 @@ def load_onnx_backend(folder: Path, backend: str, device: str | None = None) -> 
         try:
             export_network_onnx(folder, folder, int8=(backend == "onnx-int8"))
         except OSError as exc:
-            raise RuntimeError(f"could not write {path.name} into {folder} ({exc}); export it elsewhere with "
-                               f"`emitlab export-onnx --model {folder} --out DIR`") from exc
+            raise RuntimeError(f"could not write {path.name} into {folder} ({exc}); copy the export somewhere "
+                               f"writable and load the copy, or run `emitlab export-onnx --model` on it once "
+                               f"where it can be written") from exc
         path = onnx_file(folder, read_network_meta(folder), backend)
     return OnnxBackend(path, name=backend)
 
@@ -394,8 +397,11 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
             diff = result["sample_max_abs_logit_diff"].get(backend)
             note = f"  max |logit - torch| {diff:.1e} on sample texts" if diff is not None else ""
             print(f"{result['network']}  {backend:<10} {f['path']}  {f['bytes'] / 2**20:.1f} MiB{note}")
+    unrecorded = [r["network"] for r in results if not r.get("recorded", True)]
     print(f"recorded under 'onnx' in each network's network.json ({results[0]['exporter']} exporter, "
-          f"opset {results[0]['opset']})")
+          f"opset {results[0]['opset']})" if not unrecorded else
+          f"NOT recorded for {', '.join(unrecorded)} (its network.json could not be written): the onnx backends "
+          f"will not use these files")
     return 0
 
 
@@ -404,12 +410,16 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export-onnx", help="Export a trained model to ONNX (fp32 + int8) for onnxruntime.",
         description="Write model.onnx (the network up to the logits, dynamic batch and sequence axes) and "
-                    "model.int8.onnx (int8 dynamic quantisation) for an exported model, and list them in its "
-                    "emitlab.json. Use them with 'emitlab predict --backend onnx|onnx-int8'.",
+                    "model.int8.onnx (int8 dynamic quantisation) for every transformer fold model of an export, "
+                    "and list them in that network's network.json. Use them with "
+                    "'emitlab predict|serve --backend onnx|onnx-int8'.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="Export folder or its .zip (runs/<run>/model).")
     p.add_argument("--out", default=None,
-                   help="Folder for the ONNX files (default: the export folder, where the onnx backends look first).")
+                   help="Write the ONNX files under OUT/<member>/fold-<i> instead of inside each network folder "
+                        "(default), e.g. to ship them to another runtime. They are recorded in network.json by "
+                        "absolute path when the export is writable, so the onnx backends find them while they stay "
+                        "there.")
     p.add_argument("--no-int8", action="store_true", help="Skip the int8 quantised copy.")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, at least 17 (default: {DEFAULT_OPSET}).")
     p.add_argument("--exporter", choices=EXPORTERS, default="auto",

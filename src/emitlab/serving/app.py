@@ -1,12 +1,16 @@
 """A small HTTP service around an exported :class:`~emitlab.inference.EmotionClassifier`.
 
     >>> from emitlab.inference import EmotionClassifier
-    >>> app = create_app(EmotionClassifier.from_pretrained("runs/me5/model"))
-    >>> # uvicorn.run(app) -- or: emitlab serve --model runs/me5/model
+    >>> app = create_app(EmotionClassifier.from_pretrained("runs/full/model"))
+    >>> # uvicorn.run(app) -- or: emitlab serve --model runs/full/model
+
+The whole exported ensemble is served: every member's fold models, the combiner and the
+calibrated decoder, exactly as ``emitlab predict`` and the Python API use them.
 
 Endpoints: ``POST /predict`` (one text or a list), ``GET /labels`` (labels, thresholds and
 decoding rules), ``GET /health``, ``GET /`` (a self-contained demo page) and the OpenAPI
-documentation at ``/docs`` and ``/openapi.json``.
+documentation at ``/docs`` and ``/openapi.json``. Every response's ``model`` describes what is
+served: the model kind, the members with their fold counts and backends, the combiner.
 
 The model is CPU-bound, so ``/predict`` is a plain ``def`` endpoint (FastAPI runs it in its
 threadpool, keeping the event loop free) and one lock serialises the forward passes: torch
@@ -47,14 +51,38 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="Probability per label (sigmoid of the logit), 0..1.")
 
 
+class MemberInfo(BaseModel):
+    name: str = Field(description="Member name in the export (e.g. tfidf, lexicon, transformer).")
+    kind: str = Field(description="Model family: tfidf, lexicon or transformer.")
+    folds: int = Field(description="Fold models whose probabilities are averaged for this member.")
+    backend: str = Field(description="Where it runs: torch, onnx or onnx-int8 for a transformer, numpy otherwise.")
+    weight: Optional[float] = Field(None, description="Its weight in an average combiner (none for a stacker).")
+    base_model: Optional[str] = Field(None, description="Encoder a transformer member was fine-tuned from.")
+    max_length: Optional[int] = Field(None, description="A transformer member truncates texts to this many tokens.")
+
+
+class CombinerInfo(BaseModel):
+    kind: str = Field(description="average (weighted mean of the members) or stacker (per-label logistic "
+                                  "regression over every member's logits).")
+    space: Optional[str] = Field(None, description="What an average combiner averages: prob or logit.")
+    members: list[str] = Field(default_factory=list, description="The members it combines, in order.")
+
+
 class ModelInfo(BaseModel):
     name: Optional[str] = Field(None, description="Name of the export (folder or zip name).")
     task: Optional[str] = Field(None, description="EMit subtask: A (emotions) or B (direction/topic).")
-    base_model: Optional[str] = Field(None, description="Encoder the model was fine-tuned from.")
-    backend: str = Field("torch", description="Inference backend.")
+    model_kind: Optional[str] = Field(None, description="The model the run chose and exported, e.g. stacker, "
+                                                        "average_prob or one member alone (tfidf, transformer).")
+    backend: str = Field("torch", description="Backend of the transformer members (the others run in numpy).")
     n_labels: int
-    max_length: int = Field(description="Texts are truncated to this many tokens.")
+    members: list[MemberInfo] = Field(default_factory=list, description="The members of the ensemble.")
+    combiner: Optional[CombinerInfo] = Field(None, description="How the members' probabilities are combined.")
+    base_model: Optional[str] = Field(None, description="Encoder of the (first) transformer member, if any.")
+    max_length: Optional[int] = Field(None, description="Texts are truncated to this many tokens by the transformer "
+                                                        "members (none without one).")
     macro_f1: dict[str, float] = Field(default_factory=dict, description="Macro-F1 at export time, per evaluation set.")
+    nested_macro_f1: Optional[float] = Field(None, description="Nested out-of-fold macro-F1 of the exported model "
+                                                               "(combiner and calibration fitted on other folds).")
 
 
 class PredictResponse(BaseModel):
@@ -86,17 +114,46 @@ class ErrorResponse(BaseModel):
 # ----------------------------------------------------------------------------- app
 
 
+def _member_info(name: str, folds: list, backend: str, weight: float | None, spec: dict) -> MemberInfo:
+    kind = str((getattr(folds[0], "kind", None) if folds else None) or spec.get("kind") or "unknown")
+    info = MemberInfo(name=name, kind=kind, folds=len(folds) or len(spec.get("folds", [])), weight=weight,
+                      backend=backend if kind == "transformer" else "numpy")
+    if kind == "transformer" and folds:
+        first = folds[0]
+        predictor = getattr(first, "predictor", None)
+        info.base_model = getattr(first, "base_model", None)
+        info.max_length = int(predictor.max_length) if predictor is not None else None
+    return info
+
+
 def _model_info(classifier, name: str | None) -> ModelInfo:
-    meta = getattr(classifier, "meta", {}) or {}
+    """What is served, from the classifier's loaded members and its export's ``emitlab.json``."""
+    meta = getattr(classifier, "meta", None) or {}
     metrics = meta.get("metrics") or {}
+    backend = str(getattr(classifier, "backend", None) or "torch")
+    loaded = list(getattr(classifier, "members", None) or [])  # [(name, [fold models])]
+    specs = {m.get("name"): m for m in meta.get("members") or []}
+    combiner = meta.get("combiner") or {}
+    weights = combiner.get("weights") if combiner.get("kind") == "average" else None
+    members = []
+    for i, (member_name, folds) in enumerate(loaded):
+        weight = float(weights[i]) if weights is not None and i < len(weights) else None
+        members.append(_member_info(member_name, list(folds), backend, weight, specs.get(member_name, {})))
+    transformers = [m for m in members if m.kind == "transformer"]
+    nested = meta.get("nested_macro_f1")
     return ModelInfo(
         name=name,
         task=meta.get("task"),
-        base_model=meta.get("base_model"),
-        backend=str(getattr(classifier, "backend", None) or meta.get("backend") or "torch"),
+        model_kind=meta.get("model_kind"),
+        backend=backend,
         n_labels=len(classifier.label_names),
-        max_length=int(getattr(classifier, "max_length", meta.get("max_length", 0)) or 0),
+        members=members,
+        combiner=CombinerInfo(kind=str(combiner["kind"]), space=combiner.get("space"),
+                              members=[m.name for m in members]) if combiner.get("kind") else None,
+        base_model=transformers[0].base_model if transformers else None,
+        max_length=max((m.max_length for m in transformers if m.max_length), default=None),
         macro_f1={k: round(float(v), 4) for k, v in metrics.items() if isinstance(v, (int, float))},
+        nested_macro_f1=round(float(nested), 4) if isinstance(nested, (int, float)) else None,
     )
 
 
@@ -276,17 +333,8 @@ def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_nam
 
 
 def load_classifier(model: str | Path, backend: str = "torch", device: str | None = None):
-    """``EmotionClassifier.from_pretrained``, passing ``backend`` only when it is not torch."""
+    """The whole exported ensemble (folder or .zip): ``EmotionClassifier.from_pretrained``. The
+    transformer members run on ``backend`` (their ONNX files are exported first when missing)."""
     from ..inference import EmotionClassifier
 
-    kwargs: dict[str, Any] = {}
-    if device:
-        kwargs["device"] = device
-    if backend and backend != "torch":
-        kwargs["backend"] = backend
-    try:
-        return EmotionClassifier.from_pretrained(model, **kwargs)
-    except TypeError as exc:
-        if "backend" in kwargs and "backend" in str(exc):
-            raise ValueError(f"backend {backend!r} is not supported by this emitlab version (only torch)") from exc
-        raise
+    return EmotionClassifier.from_pretrained(model, device=device or None, backend=backend or "torch")
