@@ -244,15 +244,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "repeat for several; replaces the default lines (listed below).")
     p.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, help="Seeds (default: 42 43 44).")
     p.add_argument("--folds", type=int, default=3,
-                   help="K of the transformer's cross-fitting (default 3); 1 = the 90/10 split with the best epoch kept.")
+                   help="K of the transformer's cross-fitting (default 3); "
+                        "1 = the 90/10 split with the best epoch kept.")
     p.add_argument("--task", choices=["A", "B"], default="A", help="EMit subtask (default: A).")
     p.add_argument("--data", default=None, help="EMit folder (default: $EMITLAB_DATA, else ../shared/data/emit).")
     p.add_argument("--extra", default="", help="Flags added to every run, e.g. '--threads 2' or '--profile quick'.")
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="Where the run folders go (default: benchmarks/runs/ablation).")
-    p.add_argument("--name", default=None, help="Result name: benchmarks/results/NAME.json (default: ablation_task-<T>).")
-    p.add_argument("--dry-run", action="store_true", help="Print the plan (status and command of every run); run nothing.")
-    p.add_argument("--collect", action="store_true", help="Run nothing; summarise the finished runs and write the result.")
+    p.add_argument("--name", default=None,
+                   help="Result name: benchmarks/results/NAME.json (default: ablation_task-<T>).")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Print the plan (status and command of every run); run nothing.")
+    p.add_argument("--collect", action="store_true",
+                   help="Run nothing; summarise the finished runs and write the result.")
     args = p.parse_args(argv)
     args.line = args.line or list(DEFAULT_LINES)
     args.extra = shlex.split(args.extra)

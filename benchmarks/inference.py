@@ -79,7 +79,8 @@ import record  # noqa: E402
 
 REPO = HERE.parent
 #: backends of the whole classifier (its transformer folds; the cheap members always run in numpy)
-BACKENDS = ["torch", "onnx", "onnx-int8"]
+from emitlab.settings import BACKENDS  # noqa: E402
+
 #: backends of the transformer networks alone
 NETWORK_BACKENDS = ["hf-pipeline", *BACKENDS]
 
@@ -525,9 +526,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch (and onnxruntime) threads (default: torch's).")
     p.add_argument("--serve-backend", default="onnx", choices=BACKENDS,
                    help="Backend of the server in the serving measurement (default: onnx).")
-    p.add_argument("--clients", type=int, default=50, help="Concurrent HTTP clients in the serving measurement (default: 50).")
-    p.add_argument("--requests", type=int, default=1000, help="Requests sent in all in the serving measurement (default: 1000).")
-    p.add_argument("--name", default="inference", help="Result name: benchmarks/results/NAME.json (default: inference).")
+    p.add_argument("--clients", type=int, default=50,
+                   help="Concurrent HTTP clients in the serving measurement (default: 50).")
+    p.add_argument("--requests", type=int, default=1000,
+                   help="Requests sent in all in the serving measurement (default: 1000).")
+    p.add_argument("--name", default="inference",
+                   help="Result name: benchmarks/results/NAME.json (default: inference).")
     p.add_argument("--results-dir", type=Path, default=None,
                    help="Write NAME.json here instead of benchmarks/results (e.g. for a smoke run).")
     args = p.parse_args(argv)

@@ -13,7 +13,6 @@ from emitlab.cli import main
 from emitlab.labels import TASK_A_LABELS
 
 
-
 @pytest.mark.parametrize("task,labels", [("A", TASK_A_LABELS), ("B", ["Direction", "Topic"])])
 def test_baseline_run_folder(emit_folder, tmp_path, capsys, task, labels):
     out = tmp_path / "run"
@@ -66,7 +65,8 @@ def test_config_file_and_flags(emit_folder, tmp_path):
 
 def test_data_stats_png(emit_folder, tmp_path, capsys):
     png = tmp_path / "stats.png"
-    assert main(["data", "stats", "--data", str(emit_folder), "--png", str(png), "--json", str(tmp_path / "s.json")]) == 0
+    assert main(["data", "stats", "--data", str(emit_folder), "--png", str(png),
+                 "--json", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out
     for name in TASK_A_LABELS:
         assert name in out

@@ -12,6 +12,7 @@ import pytest
 
 from emitlab.cli import main as cli_main
 from emitlab.compare import compare_runs, format_table, register_cli
+from emitlab.errors import RunFolderError
 
 from test_report_helpers import baseline_split_run, schema2_run
 
@@ -19,7 +20,8 @@ LABELS = ["Direction", "Topic"]
 
 
 def _metrics(name: str, val: float, test_raw: float | None, test_cal: float | None, per_label=(0.5, 0.6)) -> dict:
-    m = {"model": name, "calibration": {"chosen": "per_label", "validation_macro_f1": {}, "validation_heldout_macro_f1": {},
+    m = {"model": name, "calibration": {"chosen": "per_label", "validation_macro_f1": {},
+                                         "validation_heldout_macro_f1": {},
                                          "decoder": {"label_names": LABELS, "thresholds": [0.5, 0.5],
                                                      "at_least_one": False, "neutral_exclusive": False}},
          "validation": {"macro_f1": val, "micro_f1": val, "per_label": {}, "raw": {"macro_f1": val - 0.01}}}
@@ -44,9 +46,11 @@ def _write(folder: Path, config: dict, metrics: dict) -> Path:
 def runs(tmp_path) -> list[Path]:
     """Schema 1: a single-model baseline, a single-model train and an old ``emitlab run``."""
     baseline = _write(tmp_path / "baseline-1", {"baseline": {"C": 1.0}},
-                      _metrics("tfidf-logreg", 0.51, 0.44, 0.47) | {"task": "B", "timings_s": {"fit": 30.0, "total": 35.8}})
+                      _metrics("tfidf-logreg", 0.51, 0.44, 0.47)
+                      | {"task": "B", "timings_s": {"fit": 30.0, "total": 35.8}})
     train = _write(tmp_path / "train-1", {"train": TRAIN_CFG},
-                   _metrics("me5-small", 0.60, None, None) | {"training": {"train_seconds": 900}, "timings_s": {"total": 1000.0}})
+                   _metrics("me5-small", 0.60, None, None)
+                   | {"training": {"train_seconds": 900}, "timings_s": {"total": 1000.0}})
     models = {"baseline": _metrics("tfidf-logreg", 0.50, 0.43, 0.46),
               "transformer": _metrics("me5-small", 0.62, 0.58, 0.61, (0.7, 0.52)),
               "ensemble": _metrics("ensemble", 0.64, 0.59, 0.63) | {"weight_on_transformer": 0.7}}
@@ -109,7 +113,8 @@ def test_schema1_one_row_per_model_with_settings_and_scores(runs):
     assert "nested_macro_f1" not in cols and "members" not in cols  # schema-2 only, empty here
     by = df.set_index(["run", "model"])
     tr = by.loc[("run-1", "transformer")]
-    assert (tr["model_name"], tr["pooling"], tr["loss"], tr["lr"], tr["max_length"]) == ("me5-small", "mean", "focal", 5e-5, 128)
+    assert (tr["model_name"], tr["pooling"], tr["loss"], tr["lr"], tr["max_length"]) == (
+        "me5-small", "mean", "focal", 5e-5, 128)
     assert tr["test_macro_f1"] == 0.61 and tr["test_macro_f1_raw"] == 0.58 and tr["test_f1_Direction"] == 0.7
     assert tr["time_s"] == 1200.5 and tr["selection"] == "split"
     ens = by.loc[("run-1", "ensemble")]
@@ -195,7 +200,7 @@ def test_cli(runs, schema2, tmp_path, capsys):
 
 
 def test_missing_run_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="metrics.json"):
+    with pytest.raises(RunFolderError, match="metrics.json"):
         compare_runs([tmp_path / "nope"])
 
 

@@ -7,8 +7,7 @@ import pytest
 
 from emitlab.calibration import fast_macro_f1
 from emitlab.crossfit import crossfit, kfold_plan, split_plan
-from emitlab.ensemble import (Stacker, WeightedAverage, combiner_from_dict, nested_score, simplex_grid,
-                              tuned_macro_f1)
+from emitlab.ensemble import Stacker, WeightedAverage, combiner_from_dict, nested_score, simplex_grid, tuned_macro_f1
 from emitlab.errors import ModelFormatError
 from emitlab.settings import CalibrationConfig
 

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN
 
 from emitlab.devices import model_device, pick_device, precision_flags
 from emitlab.members.transformer import TorchBackend
+
+from conftest import TINY_TRAIN
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
 

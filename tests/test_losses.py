@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from emitlab.models.losses import (AsymmetricLoss, FocalLoss, WeightedBCELoss, bernoulli_symmetric_kl, build_loss,
-                                   pos_weights, prior_log_odds)
+from emitlab.models.losses import (
+    AsymmetricLoss,
+    FocalLoss,
+    WeightedBCELoss,
+    bernoulli_symmetric_kl,
+    build_loss,
+    pos_weights,
+    prior_log_odds,
+)
 
 Y = np.array([[1, 0], [0, 0], [0, 1], [0, 0]])  # prevalence 0.25 and 0.25
 
@@ -80,7 +87,8 @@ def _asl_reference(z: np.ndarray, y: np.ndarray, gamma_neg: float, gamma_pos: fl
 
 
 @pytest.mark.parametrize("gamma_neg,gamma_pos,clip,weighted", [
-    (4.0, 0.0, 0.05, False), (4.0, 1.0, 0.05, True), (2.0, 0.0, 0.0, False), (0.5, 0.5, 0.2, False), (0.0, 0.0, 0.3, True)])
+    (4.0, 0.0, 0.05, False), (4.0, 1.0, 0.05, True), (2.0, 0.0, 0.0, False), (0.5, 0.5, 0.2, False),
+    (0.0, 0.0, 0.3, True)])
 def test_asl_against_reference(gamma_neg, gamma_pos, clip, weighted):
     rng = np.random.default_rng(int(gamma_neg * 10 + gamma_pos * 100 + clip * 1000))
     z = rng.normal(0, 3, size=(16, 5))

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import make_rows
 
 from emitlab.errors import ModelFormatError
 from emitlab.labels import TASK_A_LABELS
 from emitlab.members.lexicon import LEXICON_SHA256, LexiconFeatures, LexiconMember, lexicon_bytes
 from emitlab.members.tfidf import TfidfMember
 from emitlab.settings import BaselineConfig, LexiconConfig, TfidfConfig
+
+from synthetic import make_rows
 
 RESOURCES = Path(__file__).resolve().parents[1] / "src" / "emitlab" / "resources" / "elita"
 MEMBERS = {"tfidf": TfidfMember, "lexicon": LexiconMember}
@@ -220,7 +221,7 @@ def test_lexicon_features_on_cleaned_text():
 def test_lexicon_config_flags_do_not_clash_with_tfidf():
     import argparse
 
-    from emitlab.config import add_dataclass_arguments
+    from emitlab.settings_cli import add_dataclass_arguments
 
     parser = argparse.ArgumentParser()
     add_dataclass_arguments(parser, TfidfConfig)

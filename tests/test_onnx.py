@@ -151,7 +151,8 @@ def test_onnx_fp32_matches_torch(exported, reference, batch_size):
         else:
             np.testing.assert_array_equal(m[name], m_ref[name])
     assert (clf.decode(p) == ref.decode(p_ref)).mean() > 0.99
-    assert clf.predict("amore cuore")[0]["probabilities"].keys() == ref.predict("amore cuore")[0]["probabilities"].keys()
+    assert (clf.predict("amore cuore")[0]["probabilities"].keys()
+            == ref.predict("amore cuore")[0]["probabilities"].keys())
     assert clf.predict_proba([]).shape == (0, 10)
 
 

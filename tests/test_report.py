@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from emitlab.data.stats import DatasetStats, compute_stats
+from emitlab.errors import RunFolderError
 from emitlab.labels import TASK_A_LABELS
 from emitlab.report import RunData, load_run, pr_curve, section_titles, stacker_weights, write_report
 
@@ -211,7 +212,7 @@ def test_dataset_stats_round_trip_through_json():
 
 
 def test_missing_metrics_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="metrics.json"):
+    with pytest.raises(RunFolderError, match="metrics.json"):
         write_report(tmp_path)
 
 

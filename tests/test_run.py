@@ -12,11 +12,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_FOLDS, TINY_TRAIN
 
 from emitlab.calibration import Decoder
 from emitlab.cli import main
 from emitlab.inference import EmotionClassifier
+
+from conftest import TINY_FOLDS, TINY_TRAIN
 
 CANDIDATES = {"tfidf", "lexicon", "transformer", "average_prob", "average_logit", "stacker"}
 

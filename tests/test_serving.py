@@ -174,7 +174,8 @@ def test_malformed_bodies_are_422(client):
     assert client.post("/predict", json={"texts": "not a list"}).status_code == 422
     assert client.post("/predict", json={"texts": [1, 2]}).status_code == 422
     assert client.post("/predict", json={"txt": "typo"}).status_code == 422
-    assert client.post("/predict", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert client.post("/predict", content=b"{not json",
+                       headers={"content-type": "application/json"}).status_code == 422
 
 
 # ----------------------------------------------------------------------------- body size limit
@@ -296,10 +297,14 @@ def test_serve_cli_registration():
         ("m.zip", "127.0.0.1", 9001, "onnx", 8, 2000)
     assert args.func is cmd_serve
     assert args.max_body_bytes is None
-    with pytest.raises(SystemExit):
-        parser.parse_args(["serve", "--model", "m", "--max-texts", "0"])
-    with pytest.raises(SystemExit):
-        parser.parse_args(["serve", "--model", "m", "--max-body-bytes", "0"])
+    assert (args.max_batch_texts, args.max_wait_ms, args.no_batching) == (64, 5.0, False)
+    args = parser.parse_args(["serve", "--model", "m", "--max-batch-texts", "16", "--max-wait-ms", "0.5"])
+    assert (args.max_batch_texts, args.max_wait_ms) == (16, 0.5)
+    assert parser.parse_args(["serve", "--model", "m", "--max-wait-ms", "0"]).max_wait_ms == 0.0
+    for bad in (["--max-texts", "0"], ["--max-body-bytes", "0"], ["--max-batch-texts", "0"], ["--max-wait-ms", "-1"],
+                ["--max-wait-ms", "nan"], ["--max-wait-ms", "soon"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--model", "m", *bad])
 
 
 def test_serve_defaults_to_localhost_and_passes_the_body_limit(monkeypatch, capsys):
@@ -325,7 +330,14 @@ def test_serve_defaults_to_localhost_and_passes_the_body_limit(monkeypatch, caps
     assert args.func(args) == 0
     assert calls["run"]["host"] == "127.0.0.1"
     assert calls["app"]["max_body_bytes"] == 4096
-    assert "stacker of tfidf x3, transformer x2" in capsys.readouterr().out
+    assert (calls["app"]["max_batch_texts"], calls["app"]["max_wait_ms"]) == (64, 5.0)
+    out = capsys.readouterr().out
+    assert "stacker of tfidf x3, transformer x2" in out and "batches of up to 64 texts, waiting up to 5 ms" in out
+    calls.clear()
+    args = parser.parse_args(["serve", "--model", "m", "--max-batch-texts", "8", "--no-batching"])
+    assert args.func(args) == 0
+    assert (calls["app"]["max_batch_texts"], calls["app"]["max_wait_ms"]) == (1, 0.0)  # --no-batching wins
+    assert "no batching" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- browser
@@ -427,7 +439,8 @@ def test_load_classifier_loads_the_whole_export_on_the_backend(monkeypatch):
     from emitlab.inference import EmotionClassifier
 
     calls = []
-    monkeypatch.setattr(EmotionClassifier, "from_pretrained", classmethod(lambda cls, path, **kw: calls.append(kw) or "clf"))
+    monkeypatch.setattr(EmotionClassifier, "from_pretrained",
+                        classmethod(lambda cls, path, **kw: calls.append(kw) or "clf"))
     assert load_classifier("m") == "clf" and load_classifier("m", backend="onnx-int8", device="cpu") == "clf"
     assert calls == [{"device": None, "backend": "torch"}, {"device": "cpu", "backend": "onnx-int8"}]
 

@@ -16,8 +16,8 @@ from emitlab.calibration import (
 )
 from emitlab.data.loading import DataError, TextDataset
 from emitlab.data.split import kfold_indices, split_dataset, stratified_split
-from emitlab.labels import TASK_A_LABELS
 from emitlab.evaluation import evaluate, macro_f1
+from emitlab.labels import TASK_A_LABELS
 
 
 def random_labels(n=3000, k=10, seed=0):

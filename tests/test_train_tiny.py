@@ -14,7 +14,6 @@ import pytest
 from emitlab.cli import main
 from emitlab.inference import EmotionClassifier
 
-
 from conftest import TINY_TRAIN as TRAIN_ARGS
 
 
@@ -40,7 +39,8 @@ def test_train_run_folder(trained_run):
     # the validation probabilities are aligned with the validation rows: scoring them at 0.5
     # reproduces the Trainer's own evaluation of the best checkpoint
     assert t["validation"]["raw"]["macro_f1"] == pytest.approx(training["best_eval_macro_f1_at_0.5"], abs=1e-6)
-    for f in ("config.json", "folds.json", "trainer_log.json", "submission_task-A_test.csv", "submission_task-A_ood.csv",
+    for f in ("config.json", "folds.json", "trainer_log.json", "submission_task-A_test.csv",
+              "submission_task-A_ood.csv",
               "model/emitlab.json", f"{FOLD}/classifier.safetensors", f"{FOLD}/config.json", f"{FOLD}/network.json",
               "model.zip"):
         assert (trained_run / f).exists(), f
@@ -76,7 +76,8 @@ def test_predict_cli_stdin_and_csv(trained_run, tmp_path):
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(rows) == 2 and rows[0]["text"] == "felice evviva" and len(rows[0]["probabilities"]) == 10
     inp = tmp_path / "in.csv"
-    pd.DataFrame({"id": ["a", "b", "c"], "text": ["rabbia", "triste lacrime", "fiducia bravo"]}).to_csv(inp, index=False)
+    pd.DataFrame({"id": ["a", "b", "c"],
+                  "text": ["rabbia", "triste lacrime", "fiducia bravo"]}).to_csv(inp, index=False)
     out = tmp_path / "out.csv"
     assert main(["predict", "--model", model, "--input", str(inp), "--output", str(out)]) == 0
     frame = pd.read_csv(out)
@@ -112,3 +113,65 @@ def test_resume_after_crash(tiny_model, emit_folder, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["members"]["transformer"]["training"][0]["global_steps"] == 20
     assert EmotionClassifier.from_pretrained(out / "model").predict_proba(["ciao"]).shape == (1, 10)
+
+
+def test_resume_after_sigkill(tiny_model, emit_folder, tmp_path):
+    """A real ``emitlab train`` killed with SIGKILL once it has begun writing checkpoints leaves
+    nothing half-written under the final names, and ``--resume`` finishes it."""
+    import signal
+    import time
+    import zipfile
+
+    out = tmp_path / "killed"
+    checkpoints = out / "work" / "transformer" / "fold-0" / "checkpoints"
+    # many more steps than the first checkpoint needs, so the kill lands while it is still training
+    cmd = [sys.executable, "-m", "emitlab.cli", "-q", "train", "--data", str(emit_folder), "--model", str(tiny_model),
+           "--out", str(out), *TRAIN_ARGS, "--eval-steps", "5", "--max-steps", "200", "--early-stopping-patience", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while not (checkpoints.is_dir() and any(p.name.startswith("checkpoint-") for p in checkpoints.iterdir())):
+            assert proc.poll() is None, f"train ended (status {proc.returncode}) before writing a checkpoint:\n" + \
+                proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the process started here
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    # nothing half-written: the results appear whole or not at all
+    assert not (out / "metrics.json").exists()
+    if not (out / "members" / "transformer" / "fold-0" / "fold.json").exists():  # killed while training
+        assert not (out / "model").exists() and not (out / "model.zip").exists()
+    else:  # killed after training: whatever is there is complete
+        if (out / "model").exists():
+            EmotionClassifier.from_pretrained(out / "model")
+        if (out / "model.zip").exists():
+            assert zipfile.is_zipfile(out / "model.zip")
+
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in (out / "run.log").read_text()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["members"]["transformer"]["training"][0]["global_steps"] == 200
+    clf = EmotionClassifier.from_pretrained(out / "model")
+    assert clf.predict_proba(["ciao"]).shape == (1, 10)
+    assert EmotionClassifier.from_pretrained(out / "model.zip").predict_proba(["ciao"]).shape == (1, 10)
+
+
+def test_resume_skips_checkpoints_that_were_not_completely_written(tmp_path):
+    from emitlab.members.transformer import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "none") is None
+    for step, state in ((5, "{}"), (10, None), (15, '{"global_step": 1')):  # whole, no state, cut state
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-20.tmp").mkdir()  # not a checkpoint name
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-20.tmp", "checkpoint-5"]

@@ -29,7 +29,8 @@ def test_bad_values_are_refused(values):
 
 def test_defaults_keep_todays_training_and_flags_exist():
     cfg = TrainConfig()
-    assert (cfg.layer_decay, cfg.ema_decay, cfg.loss, cfg.multi_sample_dropout, cfg.rdrop_alpha) == (1.0, 0.0, "bce", 1, 0.0)
+    assert (cfg.layer_decay, cfg.ema_decay, cfg.loss, cfg.multi_sample_dropout, cfg.rdrop_alpha) == (
+        1.0, 0.0, "bce", 1, 0.0)
     from emitlab.cli import build_parser
 
     args = build_parser().parse_args(
@@ -68,7 +69,8 @@ def _batch(tiny_model, n=4):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    enc = tok(["felice evviva oggi", "che paura terrore", "amore cuore", "rabbia"][:n], padding=True, return_tensors="pt")
+    enc = tok(["felice evviva oggi", "che paura terrore", "amore cuore", "rabbia"][:n], padding=True,
+              return_tensors="pt")
     return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
@@ -114,8 +116,9 @@ def test_layer_decay_places_other_architectures(arch):
     from emitlab.models.transformer import EmotionModel, layer_lr_scales
 
     if arch == "xlm-roberta":
-        encoder = XLMRobertaModel(XLMRobertaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                                                   intermediate_size=32, max_position_embeddings=40),
+        encoder = XLMRobertaModel(XLMRobertaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3,
+                                                   num_attention_heads=2, intermediate_size=32,
+                                                   max_position_embeddings=40),
                                   add_pooling_layer=False)
     else:
         encoder = DistilBertModel(DistilBertConfig(vocab_size=40, dim=16, n_layers=3, n_heads=2, hidden_dim=32,
@@ -281,6 +284,7 @@ def test_member_with_weight_average_keeps_the_average(tiny_model, tmp_path, monk
     """Cross-fitting mode (no evaluation): the model ends with the bias-corrected average of the
     weights after every step, recomputed here from the raw weights; it saves and reloads."""
     import emitlab.members.transformer as mt
+
     from synthetic import make_rows
 
     recorder = _recorder()
@@ -315,6 +319,7 @@ def test_weight_average_survives_a_resume(tiny_model, tmp_path):
 
     import emitlab.members.transformer as mt
     from emitlab.models.transformer import WeightAverage
+
     from synthetic import make_rows
 
     _, texts, y, _ = make_rows(96, 3, "t")
@@ -340,6 +345,7 @@ def test_weight_average_with_select_on_eval(tiny_model, tmp_path):
     import emitlab.members.transformer as mt
     from emitlab.evaluation import macro_f1
     from emitlab.models.transformer import WeightAverage
+
     from synthetic import make_rows
 
     _, texts, y, _ = make_rows(200, 4, "s")
@@ -375,6 +381,7 @@ def test_every_option_with_select_on_the_device(tiny_model, tmp_path, device):
     from emitlab.members.transformer import MODEL_INPUTS
     from emitlab.models.losses import build_loss
     from emitlab.models.transformer import EmotionTrainer, WeightAverage, build_model
+
     from synthetic import make_rows
 
     _, texts, y, _ = make_rows(80, 2, "c")
@@ -418,9 +425,9 @@ def test_every_option_with_select_on_the_device(tiny_model, tmp_path, device):
 
 
 def test_train_with_every_option(tiny_model, emit_folder, tmp_path):
-    from conftest import TINY_TRAIN
-
     from emitlab.cli import main
+
+    from conftest import TINY_TRAIN
 
     out = tmp_path / "run"
     options = ["--layer-decay", "0.8", "--ema-decay", "0.9", "--loss", "asl", "--multi-sample-dropout", "3",
@@ -504,11 +511,12 @@ def test_ablation_runner_dry_run_and_collect(tiny_model, emit_folder, tmp_path, 
             folder = tmp_path / "made-up" / f"{name}-s{seed}"
             folder.mkdir(parents=True)
             (folder / "metrics.json").write_text(json.dumps(m))
-    args = ab.parse_args(common + ["--runs-dir", str(tmp_path / "made-up"), "--line", "baseline", "--line", "--loss asl",
-                                   "--seeds", "1", "2", "3"])
+    args = ab.parse_args(common + ["--runs-dir", str(tmp_path / "made-up"), "--line", "baseline",
+                                   "--line", "--loss asl", "--seeds", "1", "2", "3"])
     summary = ab.summarise(ab.plan(args))
     base, asl = summary["lines"]["baseline"], summary["lines"]["loss-asl"]
-    assert base["mean"]["nested_macro_f1"] == pytest.approx(0.52) and base["std"]["nested_macro_f1"] == pytest.approx(0.02)
+    assert base["mean"]["nested_macro_f1"] == pytest.approx(0.52)
+    assert base["std"]["nested_macro_f1"] == pytest.approx(0.02)
     assert asl["std"]["nested_macro_f1"] == pytest.approx(0.01)
     assert asl["delta"]["nested_macro_f1"] == pytest.approx(0.09)
     assert asl["pooled_std"]["nested_macro_f1"] == pytest.approx(((0.02 ** 2 + 0.01 ** 2) / 2) ** 0.5)

@@ -18,7 +18,8 @@ def build_tiny_bert(folder: Path, seed: int = 0) -> Path:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts + ["query: url user"], trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tok.train_from_iterator(texts + ["query: url user"],
+                            trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])

@@ -1,21 +1,23 @@
 """The ``emitlab`` command line.
 
-Every subcommand builds its settings from dataclasses (``--help`` shows each field's help);
-errors in the user's input end with one line on stderr and exit status 2, never a traceback.
+Every subcommand builds its settings from dataclasses (``--help`` shows each field's help).
+A user error (:class:`emitlab.errors.UserError`: bad data, settings, model files or run folder)
+ends with one line on stderr, ``emitlab: error: ...``, and exit status 2 (``EMITLAB_DEBUG=1``
+shows its traceback); any other exception is a bug and keeps its traceback (exit status 1);
+Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-from .config import add_dataclass_arguments, build_configs, read_config_file
+from .errors import SettingsError, UserError
+from .settings_cli import add_dataclass_arguments, build_configs, read_config_file
 
 log = logging.getLogger("emitlab")
 
@@ -56,15 +58,26 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     for w in data.warnings:
         print("note:", w)
     png = Path(args.png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    plot_stats(stats, png)
+    with _output("--png", png):
+        png.parent.mkdir(parents=True, exist_ok=True)
+        plot_stats(stats, png)
     print(f"figure written to {png}")
     if args.json:
         import json
 
-        Path(args.json).write_text(json.dumps([s.to_dict() for s in stats], indent=2))
+        with _output("--json", args.json):
+            Path(args.json).write_text(json.dumps([s.to_dict() for s in stats], indent=2))
         print(f"statistics written to {args.json}")
     return 0
+
+
+@contextlib.contextmanager
+def _output(option: str, path: str | Path):
+    """An output file given by ``option`` that cannot be written is the user's error, not a bug."""
+    try:
+        yield
+    except OSError as exc:
+        raise SettingsError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from exc
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
@@ -90,7 +103,8 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
         import json
 
         report = {"sets": sets, "notes": data.warnings, "duplicates": dups}
-        Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        with _output("--json", args.json):
+            Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False))
         print(f"report written to {args.json}")
     return 0
 
@@ -101,7 +115,7 @@ def _prepare(args: argparse.Namespace, classes: list[type], command: str, defaul
     from .runs import RunDir, default_run_dir
     from .settings import PROFILES, DataConfig
 
-    file_data = read_config_file(args.config) if args.config else {}
+    file_data = read_config_file(args.config, classes) if args.config else {}
     profile = vars(args).get("run.profile") or (file_data.get("run") or {}).get("profile") or \
         ("full" if command == "run" else None)
     merged = {sec: dict(values) for sec, values in (defaults or {}).items()}
@@ -122,12 +136,9 @@ def _prepare(args: argparse.Namespace, classes: list[type], command: str, defaul
 
 
 def _job_settings() -> list[type]:
-    from .data.cleaning import CleaningConfig
-    from .settings import (CalibrationConfig, DataConfig, EnsembleConfig, LexiconConfig, RunConfig, TfidfConfig,
-                           TrainConfig)
+    from .settings import GROUPS
 
-    return [RunConfig, DataConfig, CleaningConfig, TfidfConfig, LexiconConfig, TrainConfig, CalibrationConfig,
-            EnsembleConfig]
+    return list(GROUPS)
 
 
 def _job(args: argparse.Namespace, command: str, members: list[str] | None, defaults: dict) -> int:
@@ -136,12 +147,14 @@ def _job(args: argparse.Namespace, command: str, members: list[str] | None, defa
 
     cfgs, data, run = _prepare(args, _job_settings(), command, defaults)
     run_cfg = cfgs[RunConfig]
-    metrics = run_engine(data, cfgs, run, members or run_cfg.members, resume=getattr(args, "resume", False),
-                         export=command != "baseline" or args.export, report=run_cfg.report,
-                         stats=command == "run")
+    try:
+        metrics = run_engine(data, cfgs, run, members or run_cfg.members, resume=getattr(args, "resume", False),
+                             export=command != "baseline" or args.export, report=run_cfg.report,
+                             stats=command == "run")
+    finally:  # detach run.log, also when the job fails
+        run.close()
     print(summary_table(metrics))
     print(f"run folder: {run.path}" + ("  (report: report.html)" if run_cfg.report else ""))
-    run.close()
     return 0
 
 
@@ -158,35 +171,68 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import json
+    """Single-process (streaming, resumable; see emitlab.batch_predict) or Ray Data
+    (emitlab.ray_predict) prediction with the whole exported ensemble."""
+    from .errors import SettingsError
 
-    from .inference import EmotionClassifier, read_texts, rows_from_probs
+    inputs = list(args.input or [])
+    if args.engine == "ray":
+        for flag, given in (("texts on the command line", bool(args.texts)), ("--resume", args.resume),
+                            ("--device", args.device not in (None, "cpu"))):
+            if given:
+                raise SettingsError(f"--engine ray does not take {flag} (it reads --input files on CPU actors)")
+        if not args.output:
+            raise SettingsError("--engine ray needs --output: the folder for its Parquet files")
+        if args.format not in (None, "parquet"):
+            raise SettingsError("--engine ray writes Parquet only")
+        from .ray_predict import ray_predict
 
-    clf = EmotionClassifier.from_pretrained(args.model, device=args.device, backend=args.backend)
-    texts_in = args.texts if args.texts else ([] if args.input else sys.stdin.read().splitlines())
-    ids, texts = read_texts(Path(args.input) if args.input else None, texts_in, args.text_col)
-    probs = clf.predict_proba(texts, args.batch_size, progress=len(texts) > 10 * args.batch_size)
-    rows = rows_from_probs(probs, clf.decode(probs), clf.label_names)
-    fmt = args.format or ("csv" if args.output and args.output.endswith(".csv") else "jsonl")
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        if fmt == "jsonl":
-            for i, t, r in zip(ids, texts, rows):
-                out.write(json.dumps({"id": i, "text": t, **r}, ensure_ascii=False) + "\n")
-        else:
-            import pandas as pd
+        ray_predict(args.model, inputs, args.output, backend=args.backend, actors=args.ray_actors,
+                    address=args.ray_address, text_col=args.text_col, chunk_size=args.chunk_size,
+                    batch_size=args.batch_size, overwrite=args.overwrite, quiet=args.quiet)
+        return 0
 
-            frame = pd.DataFrame({"id": ids, "text": texts})
-            for j, name in enumerate(clf.label_names):
-                frame[f"p_{name}"] = np.round(probs[:, j], 6)
-            pred = clf.decode(probs)
-            for j, name in enumerate(clf.label_names):
-                frame[name] = pred[:, j]
-            frame["labels"] = [";".join(r["labels"]) for r in rows]
-            frame.to_csv(out, index=False)
-    finally:
-        if args.output:
-            out.close()
+    from .batch_predict import (
+        check_output,
+        check_resumable,
+        iter_text_chunks,
+        job_fingerprint,
+        output_format,
+        predict_chunks,
+        predict_file,
+        stdin_lines,
+    )
+    from .inference import EmotionClassifier
+
+    if args.ray_actors is not None or args.ray_address:
+        raise SettingsError("--ray-actors and --ray-address need --engine ray")
+    if len(inputs) > 1:
+        raise SettingsError("the single-process engine reads one --input file (--engine ray reads several)")
+    if inputs and args.texts:
+        raise SettingsError("give texts on the command line or --input, not both")
+    input_path = Path(inputs[0]) if inputs else None
+    output = args.output or None
+    if (args.resume or args.overwrite) and not output:
+        raise SettingsError("--resume and --overwrite need --output FILE")
+    if args.resume and input_path is None:
+        raise SettingsError("--resume needs --input FILE (texts from the command line or stdin cannot be resumed)")
+    backend = args.backend or "torch"
+    fmt = output_format(output, args.format)
+    state = check_output(output, args.resume, args.overwrite) if output else None
+    job = job_fingerprint(input_path, args.text_col, args.model, backend, fmt) if output else None
+    if state is not None and state.get("complete"):
+        check_resumable(state, job, output)
+        log.info("%s is already complete (%d rows); nothing to do", output, state.get("rows_done", 0))
+        return 0
+    clf = EmotionClassifier.from_pretrained(args.model, device=args.device, backend=backend)
+    progress = False if args.quiet else None
+    if input_path is not None:
+        predict_file(clf, input_path, output, fmt=fmt, job=job, state=state, text_col=args.text_col,
+                     chunk_size=args.chunk_size, batch_size=args.batch_size, progress=progress)
+    else:
+        texts = args.texts if args.texts else stdin_lines(sys.stdin)
+        predict_chunks(clf, lambda skip: iter_text_chunks(texts, args.chunk_size), output, fmt=fmt, job=job,
+                       state=state, batch_size=args.batch_size, progress=progress)
     return 0
 
 
@@ -194,9 +240,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.cleaning import CleaningConfig
-    from .settings import (CalibrationConfig, DataConfig, EnsembleConfig, LexiconConfig, RunConfig, TfidfConfig,
-                           TrainConfig)
+    from .settings import (
+        BACKENDS,
+        CalibrationConfig,
+        CleaningConfig,
+        DataConfig,
+        EnsembleConfig,
+        LexiconConfig,
+        RunConfig,
+        TfidfConfig,
+        TrainConfig,
+    )
 
     parser = argparse.ArgumentParser(
         prog="emitlab",
@@ -209,20 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="Check or describe a dataset.")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
-    stats = data_sub.add_parser("stats", help="Label prevalence, co-occurrence, labels per text, lengths: table and PNG.",
+    stats = data_sub.add_parser("stats",
+                                help="Label prevalence, co-occurrence, labels per text, lengths: table and PNG.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(stats, DataConfig)
     stats.add_argument("--png", default="emit_stats.png", help="Where to write the figure (default: emit_stats.png).")
     stats.add_argument("--json", default="", help="Also write the statistics as JSON here.")
     stats.set_defaults(func=cmd_data_stats)
-    validate = data_sub.add_parser("validate", help="Load and validate a dataset; report problems by file, row and column.",
+    validate = data_sub.add_parser("validate",
+                                   help="Load and validate a dataset; report problems by file, row and column.",
                                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(validate, DataConfig)
     validate.add_argument("--json", default="", help="Also write the report (sets, notes, duplicate texts) as JSON.")
     validate.set_defaults(func=cmd_data_validate)
     data.set_defaults(func=lambda a: (data.print_help(), 1)[1])
 
-    base = sub.add_parser("baseline", help="TF-IDF word+char n-grams with balanced logistic regression, cross-fitted (--folds); calibrate, evaluate, submit.",
+    base = sub.add_parser("baseline", help="TF-IDF word+char n-grams with balanced logistic regression, "
+                                           "cross-fitted (--folds); calibrate, evaluate, submit.",
                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     for cls in (RunConfig, DataConfig, CleaningConfig, TfidfConfig, CalibrationConfig):
         add_dataclass_arguments(base, cls)
@@ -230,22 +287,26 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--export", action="store_true", help="Also export the model (run/model + .zip).")
     base.set_defaults(func=cmd_baseline)
 
-    train = sub.add_parser("train", help="Fine-tune a transformer encoder (default me5-small; 90/10 split unless --folds K); calibrate, evaluate, submit, export.",
+    train = sub.add_parser("train", help="Fine-tune a transformer encoder (default me5-small; 90/10 split unless "
+                                         "--folds K); calibrate, evaluate, submit, export.",
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     for cls in (RunConfig, DataConfig, CleaningConfig, TrainConfig, CalibrationConfig):
         add_dataclass_arguments(train, cls)
     _run_options(train, "train")
-    train.add_argument("--resume", action="store_true", help="Continue an interrupted run in --out from its last checkpoint.")
+    train.add_argument("--resume", action="store_true",
+                       help="Continue an interrupted run in --out from its last checkpoint.")
     train.set_defaults(func=cmd_train)
 
-    run = sub.add_parser("run", help="The main job: stats, cross-fitted members (TF-IDF, lexicon, transformer), nested choice of "
-                                     "the combination and calibration, evaluation, submissions, export and an HTML report.",
+    run = sub.add_parser("run", help="The main job: stats, cross-fitted members (TF-IDF, lexicon, transformer), "
+                                     "nested choice of the combination and calibration, evaluation, submissions, "
+                                     "export and an HTML report.",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     for cls in (RunConfig, DataConfig, CleaningConfig, TfidfConfig, LexiconConfig, TrainConfig, CalibrationConfig,
                 EnsembleConfig):
         add_dataclass_arguments(run, cls)
     _run_options(run, "run")
-    run.add_argument("--resume", action="store_true", help="Continue an interrupted run in --out from its last checkpoint.")
+    run.add_argument("--resume", action="store_true",
+                     help="Continue an interrupted run in --out from its last checkpoint.")
     run.set_defaults(func=cmd_run)
 
     from .compare import register_cli as register_compare
@@ -255,18 +316,40 @@ def build_parser() -> argparse.ArgumentParser:
     register_compare(sub)
     register_serve(sub)
 
-    pred = sub.add_parser("predict", help="Per-label probabilities and labels from an exported model (folder or .zip).")
+    pred = sub.add_parser("predict", help="Per-label probabilities and labels from an exported model (folder or .zip).",
+                          description="Predict with the whole exported ensemble. A file --input is read and written in "
+                                      "chunks (memory stays bounded) and can be resumed; --engine ray runs the same "
+                                      "model on Ray Data over many files.")
     pred.add_argument("--model", required=True, help="Export folder or its .zip (runs/<run>/model).")
     pred.add_argument("texts", nargs="*", help="Texts to classify; without them, --input or one text per stdin line.")
-    pred.add_argument("--input", default="", help="CSV/JSONL/Parquet file with a text column (and optionally id).")
+    pred.add_argument("--input", action="append", default=None, metavar="FILE",
+                      help="CSV/JSONL/Parquet file with a text column (and optionally id; else ids are row numbers). "
+                           "With --engine ray: files, folders or globs, repeatable, with an id column.")
     pred.add_argument("--text-col", default="text", help="Text column of --input (default: text).")
-    pred.add_argument("--output", default="", help="Write here instead of stdout (.csv gives CSV).")
-    pred.add_argument("--format", choices=["jsonl", "csv"], default=None, help="Output format (default: jsonl, or csv for a .csv --output).")
+    pred.add_argument("--output", default="", help="Write here instead of stdout (.csv gives CSV, .parquet Parquet); "
+                                                   "with --engine ray, a folder of Parquet files.")
+    pred.add_argument("--format", choices=["jsonl", "csv", "parquet"], default=None,
+                      help="Output format (default: jsonl, or from the --output suffix: .csv, .parquet).")
     pred.add_argument("--batch-size", type=int, default=64, help="Texts per batch (sorted by length to cut padding).")
+    pred.add_argument("--chunk-size", type=int, default=2048,
+                      help="Rows read, predicted and written at a time (default: 2048); with --engine ray, rows per "
+                           "batch handed to an actor.")
+    pred.add_argument("--resume", action="store_true",
+                      help="Continue an interrupted predict into --output where it stopped (<output>.progress.json).")
+    pred.add_argument("--overwrite", action="store_true", help="Replace an existing --output.")
     pred.add_argument("--device", default=None, help="cpu, cuda or mps (default: cpu).")
-    pred.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
-                      help="torch (default), or onnxruntime on CPU: onnx (fp32) or onnx-int8 (quantised); "
-                           "the ONNX file is exported into the model folder first if missing (see export-onnx).")
+    pred.add_argument("--backend", choices=BACKENDS, default=None,
+                      help="torch (default; onnx with --engine ray), or onnxruntime on CPU: onnx (fp32) or onnx-int8 "
+                           "(quantised); the ONNX file is exported into the model folder first if missing "
+                           "(see export-onnx).")
+    ray_opts = pred.add_argument_group("Ray Data (pip install 'emitlab[ray]')")
+    ray_opts.add_argument("--engine", choices=["local", "ray"], default="local",
+                          help="local: this process (default); ray: Ray Data actors, each loading the model once.")
+    ray_opts.add_argument("--ray-actors", type=int, default=None,
+                          help="Actors (one CPU each; default: the local cores, or the cluster's CPUs minus one).")
+    ray_opts.add_argument("--ray-address", default=None,
+                          help="Join this Ray cluster (e.g. auto, or ray://head:10001) "
+                               "instead of starting a local one.")
     pred.set_defaults(func=cmd_predict)
     register_onnx(sub)
     return parser
@@ -275,9 +358,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .data.loading import DataError
-    from .errors import RunFolderError
-
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
@@ -288,15 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except (DataError, RunFolderError, FileNotFoundError, ValueError) as exc:
+    except UserError as exc:  # only these: anything else is a bug and keeps its traceback
         if os.environ.get("EMITLAB_DEBUG"):
             raise
-        hint = "" if isinstance(exc, (DataError, RunFolderError)) else " (EMITLAB_DEBUG=1 shows the traceback)"
-        print(f"emitlab: error: {exc}{hint}", file=sys.stderr)
+        print(f"emitlab: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("emitlab: interrupted", file=sys.stderr)
         return 130
+    finally:  # main() may be called again in the same process (tests, notebooks)
+        logging.getLogger().removeHandler(console)
 
 
 if __name__ == "__main__":  # pragma: no cover

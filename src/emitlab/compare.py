@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from .errors import RunFolderError
 from .io import atomic_write_text
 
 __all__ = ["compare_runs", "format_table", "register_cli"]
@@ -161,7 +162,7 @@ def _rows_schema2(run_dir: Path, metrics: dict, config: dict) -> list[dict[str, 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
-        raise FileNotFoundError(f"{metrics_path} not found: is {run_dir} a run folder?")
+        raise RunFolderError(f"{metrics_path} not found: is {run_dir} a run folder?")
     metrics = _read_json(metrics_path)
     config = _read_json(run_dir / "config.json")
     if int(metrics.get("schema", 1)) >= 2 and "models" in metrics:

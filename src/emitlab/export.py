@@ -23,7 +23,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import ModelFormatError
+from .errors import ModelFormatError, SettingsError
+from .settings import CleaningConfig
 
 META_FILE = "emitlab.json"
 FORMAT_VERSION = 2
@@ -31,7 +32,8 @@ FORMAT_VERSION = 2
 MAX_UNZIPPED_BYTES = 16 * 2**30
 
 
-def write_export(dest: Path, meta: dict[str, Any], member_folders: dict[str, list[Path]], make_zip: bool = True) -> Path:
+def write_export(dest: Path, meta: dict[str, Any], member_folders: dict[str, list[Path]],
+                 make_zip: bool = True) -> Path:
     """Copy each member's fold folders into ``dest/members/<name>/fold-<i>``, write
     ``emitlab.json`` (with ``format_version``, versions and the members' specs), then rename
     the finished folder into place and zip it."""
@@ -87,10 +89,15 @@ def read_meta(folder: Path) -> dict[str, Any]:
         hint = ("written by an older emitlab; re-export it with this version, or load it with the emitlab that wrote it"
                 if isinstance(version, int) and version < FORMAT_VERSION else
                 "written by a newer emitlab; upgrade emitlab to load it")
-        raise ModelFormatError(f"{path}: export format {version!r}, this emitlab reads format {FORMAT_VERSION} ({hint})")
+        raise ModelFormatError(f"{path}: export format {version!r}, "
+                               f"this emitlab reads format {FORMAT_VERSION} ({hint})")
     for key in ("labels", "decoder", "combiner", "members", "cleaning"):
         if key not in meta:
             raise ModelFormatError(f"{path}: missing field {key!r}")
+    try:
+        CleaningConfig.from_dict(meta["cleaning"])
+    except SettingsError as exc:
+        raise ModelFormatError(f"{path}: field 'cleaning' does not hold valid cleaning settings ({exc})") from None
     n = len(meta["labels"])
     if len(meta["decoder"].get("thresholds", [])) != n:
         raise ModelFormatError(f"{path}: {len(meta['decoder'].get('thresholds', []))} thresholds for {n} labels")

@@ -21,10 +21,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .calibration import Decoder
-from .data.cleaning import CleaningConfig, TextCleaner
-from .errors import ModelFormatError
+from .data.cleaning import TextCleaner
+from .errors import ModelFormatError, SettingsError
 from .export import META_FILE, read_meta, resolve_export
-from .members.transformer import BACKENDS
+from .settings import BACKENDS, CleaningConfig
 
 
 class EmotionClassifier:
@@ -41,17 +41,18 @@ class EmotionClassifier:
         self.cleaner = TextCleaner(CleaningConfig.from_dict(meta["cleaning"]))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | None = None, backend: str = "torch") -> "EmotionClassifier":
+    def from_pretrained(cls, path: str | Path, device: str | None = None,
+                        backend: str = "torch") -> "EmotionClassifier":
         """Load an export folder or zip. ``backend="onnx"`` / ``"onnx-int8"`` run the transformer
         members with onnxruntime on CPU (their ONNX files are exported first if missing)."""
         from .ensemble import combiner_from_dict
 
         if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+            raise SettingsError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         if backend != "torch" and device not in (None, "cpu"):
-            # checked here, not only in the loader: a fold's load errors become ModelFormatErrors
-            raise ValueError(f"the {backend} backend runs on CPU with onnxruntime; "
-                             f"device {device!r} needs backend 'torch'")
+            # checked here, before any fold is loaded
+            raise SettingsError(f"the {backend} backend runs on CPU with onnxruntime; "
+                                f"device {device!r} needs backend 'torch'")
         folder = resolve_export(path)
         meta = read_meta(folder)
         members = []
@@ -116,7 +117,7 @@ def _load_fold(folder: Path, spec: dict, backend: str, device: str | None):
     kwargs = {"backend": backend, "device": device} if spec.get("kind") == "transformer" else {}
     try:
         return load_member(folder, spec, **kwargs)
-    except ModelFormatError:
+    except (ModelFormatError, SettingsError):
         raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         # the HF/safetensors loaders raise many kinds of errors for cut or mismatched files

@@ -15,6 +15,7 @@ report, a resumed run) therefore see either the old file or the new one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -23,9 +24,22 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import to_jsonable
+__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_path", "atomic_folder",
+           "to_jsonable"]
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_path", "atomic_folder"]
+
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` with dataclasses turned into dicts, tuples into lists, paths and dict keys into
+    strings: what ``json.dumps`` takes."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .crossfit import CrossFitted, FoldPlan, crossfit, kfold_plan, split_plan
-from .data.cleaning import CleaningConfig, TextCleaner
+from .data.cleaning import TextCleaner
 from .data.loading import EmitData, TextDataset, label_warnings, load_emit, load_table
 from .errors import DataError
 from .evaluation import evaluate_decoded, write_submission
@@ -30,6 +30,7 @@ from .runs import RunDir
 from .settings import (
     DATA_ENV,
     CalibrationConfig,
+    CleaningConfig,
     DataConfig,
     EnsembleConfig,
     LexiconConfig,
@@ -383,7 +384,8 @@ def summary_table(metrics: dict) -> str:
         lines.append("weights: " + ", ".join(f"{m} {w:.2f}" for m, w in zip(metrics["members"], comb["weights"])))
     if metrics.get("export"):
         e = metrics["export"]
-        lines.append(f"export: {e['path']} ({e['model']}; reload diff {e.get('reload_max_abs_diff', float('nan')):.1e})")
+        lines.append(f"export: {e['path']} ({e['model']}; "
+                     f"reload diff {e.get('reload_max_abs_diff', float('nan')):.1e})")
     lines.append("timings (s): " + ", ".join(f"{k} {v}" for k, v in metrics["timings_s"].items()))
     return "\n".join(lines)
 

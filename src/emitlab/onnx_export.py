@@ -47,7 +47,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import ModelFormatError, SettingsError
 from .io import atomic_path, atomic_write_json
+from .settings import BACKENDS
 
 # torch, numpy, onnxruntime and the members are imported where they are used: the CLI
 # builds its parser (and so imports this module) on every call and must stay quick.
@@ -61,7 +63,7 @@ log = logging.getLogger("emitlab")
 
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
-#: backend name -> default file name in the export folder
+#: backend name -> default file name in the export folder, for every backend but torch (see settings.BACKENDS)
 BACKEND_FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
 DEFAULT_OPSET = 17
 EXPORTERS = ("auto", "torchscript", "dynamo")
@@ -104,7 +106,7 @@ def export_onnx(model_dir: Path, out: Path | None = None, int8: bool = True, ops
     Returns one entry per network (``"network"``: its folder relative to the export)."""
     folders = network_folders(model_dir)
     if not folders:
-        raise ValueError(f"{model_dir}: no transformer member to export (the cheap members run in numpy)")
+        raise ModelFormatError(f"{model_dir}: no transformer member to export (the cheap members run in numpy)")
     results = []
     for rel, folder in folders:
         dest = Path(out) / out_subfolder(rel) if out is not None else folder
@@ -145,12 +147,17 @@ def export_network_onnx(folder: Path, out_dir: Path | None = None, int8: bool = 
     from .members.transformer import MODEL_INPUTS, load_predictor
 
     if exporter not in EXPORTERS:
-        raise ValueError(f"unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
+        raise SettingsError(f"unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
     if opset < 17:
-        raise ValueError(f"opset must be at least 17 (LayerNormalization), got {opset}")
+        raise SettingsError(f"--opset must be at least 17 (LayerNormalization), got {opset}")
     folder = Path(folder)
     out_dir = Path(out_dir) if out_dir is not None else folder
-    out_dir.mkdir(parents=True, exist_ok=True)
+    why = unwritable(out_dir)
+    if why is not None:
+        if out_dir.resolve() == folder.resolve():
+            raise ModelFormatError(f"{folder}: cannot write the ONNX files into this network folder ({why}); copy "
+                                   "the export somewhere writable, or write them elsewhere with --out DIR")
+        raise SettingsError(f"--out {out_dir}: cannot write the ONNX files there ({why})")
     t0 = time.time()
     predictor, model = load_predictor(folder, "torch", "cpu")
     model = model.float().eval()
@@ -209,7 +216,8 @@ def _export_graph(wrapper: "nn.Module", sample: dict[str, "np.ndarray"], names: 
         try:
             with _quiet_export():
                 torch.onnx.export(wrapper, args, str(path), dynamo=False, input_names=names, output_names=["logits"],
-                                  dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+                                  dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names},
+                                                "logits": {0: "batch"}},
                                   opset_version=opset, do_constant_folding=True)
             return "torchscript", opset
         except Exception as exc:  # e.g. a torch without the TorchScript exporter
@@ -217,8 +225,8 @@ def _export_graph(wrapper: "nn.Module", sample: dict[str, "np.ndarray"], names: 
                 raise
             log.warning("TorchScript ONNX export failed (%s); trying the torch.export-based exporter", exc)
     if importlib.util.find_spec("onnxscript") is None:
-        raise ValueError("the torch.export-based ONNX exporter (dynamo=True) needs the onnxscript package: "
-                           "pip install onnxscript")
+        raise SettingsError("the torch.export-based ONNX exporter (--exporter dynamo, or auto after the TorchScript "
+                            "exporter failed) needs the onnxscript package: pip install onnxscript")
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     opset = max(opset, 18)  # the lowest opset this exporter writes without a conversion step
     with _quiet_export():
@@ -293,6 +301,17 @@ def update_meta(folder: Path, updates: dict) -> dict:
     return meta
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written into ``folder`` (created if missing), or None when they can."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(prefix=".emitlab-probe-", dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def _relative(path: Path, folder: Path) -> str:
     try:
         return str(path.resolve().relative_to(folder.resolve()))
@@ -332,7 +351,8 @@ class OnnxBackend:
 
         missing = [n for n in self.input_names if n not in batch]
         if missing:
-            raise ValueError(f"{self.path.name} needs inputs {missing} that the tokenizer did not produce")
+            raise ModelFormatError(f"{self.path}: the graph needs inputs {missing} that the network's tokenizer "
+                                   "does not produce (an ONNX file from another model? export it again)")
         feeds = {n: np.ascontiguousarray(batch[n], dtype=np.int64) for n in self.input_names}
         return self.session.run(["logits"], feeds)[0]
 
@@ -357,20 +377,24 @@ def load_onnx_backend(folder: Path, backend: str, device: str | None = None) -> 
     folder, exporting the ONNX file first when it is missing."""
     from .members.transformer import read_network_meta
 
-    if backend not in BACKEND_FILES:
-        raise ValueError(f"not an ONNX backend: {backend!r} (expected one of {', '.join(BACKEND_FILES)})")
+    if backend not in BACKENDS or backend not in BACKEND_FILES:
+        raise SettingsError(f"not an ONNX backend: {backend!r} (expected one of {', '.join(BACKEND_FILES)})")
     if device not in (None, "cpu"):
-        raise ValueError(f"the {backend} backend runs on CPU with onnxruntime; device {device!r} needs backend 'torch'")
+        raise SettingsError(f"the {backend} backend runs on CPU with onnxruntime; device {device!r} needs backend "
+                            "'torch'")
     path = onnx_file(folder, read_network_meta(folder), backend)
     if not path.is_file():
         log.warning("%s has no %s: exporting it now (once; `emitlab export-onnx --model` does this ahead of time)",
                     folder, path.name)
+        advice = ("copy the export somewhere writable and load the copy, or run `emitlab export-onnx --model` on it "
+                  "once where it can be written")
+        why = unwritable(folder)
+        if why is not None:
+            raise ModelFormatError(f"{folder}: has no {path.name} and it cannot be written there ({why}); {advice}")
         try:
             export_network_onnx(folder, folder, int8=(backend == "onnx-int8"))
         except OSError as exc:
-            raise RuntimeError(f"could not write {path.name} into {folder} ({exc}); copy the export somewhere "
-                               f"writable and load the copy, or run `emitlab export-onnx --model` on it once "
-                               f"where it can be written") from exc
+            raise ModelFormatError(f"{folder}: could not write {path.name} there ({exc}); {advice}") from exc
         path = onnx_file(folder, read_network_meta(folder), backend)
     return OnnxBackend(path, name=backend)
 
@@ -421,7 +445,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                         "absolute path when the export is writable, so the onnx backends find them while they stay "
                         "there.")
     p.add_argument("--no-int8", action="store_true", help="Skip the int8 quantised copy.")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, at least 17 (default: {DEFAULT_OPSET}).")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, at least 17 (default: {DEFAULT_OPSET}).")
     p.add_argument("--exporter", choices=EXPORTERS, default="auto",
                    help="torch exporter: torchscript (default via auto), or dynamo (needs onnxscript); "
                         "auto falls back to dynamo when torchscript fails.")

@@ -29,6 +29,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .calibration import DEFAULT_THRESHOLD, Decoder, f1_threshold_curves
+from .errors import RunFolderError
 from .io import atomic_write_text
 
 __all__ = ["write_report", "load_run", "render_report", "section_titles", "SECTIONS"]
@@ -41,10 +42,13 @@ CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;background:#f4f5f7;margin:0}
 header{background:#1f3a5f;color:#fff;padding:18px 32px}header h1{margin:0 0 4px;font-size:24px}
 header .meta{margin:0;opacity:.85;font-size:13px}
-nav{margin-top:10px;display:flex;flex-wrap:wrap;gap:2px 16px}nav a{color:#cfe0ff;font-size:13px;text-decoration:none;white-space:nowrap}
+nav{margin-top:10px;display:flex;flex-wrap:wrap;gap:2px 16px}
+nav a{color:#cfe0ff;font-size:13px;text-decoration:none;white-space:nowrap}
 main{max-width:1280px;margin:0 auto;padding:8px 24px 40px}
-section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:14px 22px;margin:18px 0;overflow-x:auto}
-h2{font-size:19px;margin:4px 0 10px;border-bottom:2px solid #e3e7ee;padding-bottom:4px}h3{font-size:15px;margin:16px 0 6px}
+section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:14px 22px;margin:18px 0;
+  overflow-x:auto}
+h2{font-size:19px;margin:4px 0 10px;border-bottom:2px solid #e3e7ee;padding-bottom:4px}
+h3{font-size:15px;margin:16px 0 6px}
 table{border-collapse:collapse;font-size:13px;margin:6px 0 12px}
 th,td{border:1px solid #dde2ea;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#eef1f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -178,7 +182,7 @@ def load_run(run_dir: str | Path) -> RunData:
     path = Path(run_dir).resolve()
     metrics = _read_json(path / "metrics.json", None)
     if metrics is None:
-        raise FileNotFoundError(f"{path / 'metrics.json'} not found: is {path} a run folder?")
+        raise RunFolderError(f"{path / 'metrics.json'} not found: is {path} a run folder?")
     models = metrics.get("models") or {metrics.get("model", "model"): metrics}
     first = next(iter(models.values()))
     labels = metrics.get("label_names") or first["calibration"]["decoder"]["label_names"]
@@ -586,7 +590,8 @@ def section_combination(run: RunData) -> str:
         if "weight_on_transformer" in run.models.get("ensemble", {}):
             ax.axvline(run.models["ensemble"]["weight_on_transformer"], color="k", ls="--", lw=1, label="chosen")
             ax.legend()
-        ax.set(xlabel="weight of the transformer", ylabel="held-out validation macro-F1", title="Ensemble weight search")
+        ax.set(xlabel="weight of the transformer", ylabel="held-out validation macro-F1",
+               title="Ensemble weight search")
         ax.grid(alpha=0.3)
         out.append(figure_html(png_uri(fig), "validation macro-F1 against ensemble weight",
                                "Held-out validation macro-F1 of the probability average for each transformer weight."))
@@ -813,7 +818,8 @@ def section_config(run: RunData) -> str:
     out = [table_html(["step", "seconds"], [[k, _plain(round(v, 1)) if isinstance(v, float) else _plain(v)]
                                              for k, v in timings.items()]) if timings
            else note("no timings recorded."),
-           f"<details><summary>config.json</summary><pre>{esc(json.dumps(config, indent=2, ensure_ascii=False))}</pre></details>"
+           "<details><summary>config.json</summary>"
+           f"<pre>{esc(json.dumps(config, indent=2, ensure_ascii=False))}</pre></details>"
            if config else note("config.json is missing."),
            "<h3>Versions</h3>" + (table_html(["package", "version"], [[k, v] for k, v in versions.items()])
                                   if versions else note("no versions recorded."))]

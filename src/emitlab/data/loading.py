@@ -22,10 +22,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import DataError  # re-exported: callers import it from here
 from ..labels import NEUTRAL, labels_for_task
-
-
-from ..errors import DataError  # noqa: E402  (re-exported: callers import it from here)
 
 
 @dataclass

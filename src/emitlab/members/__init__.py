@@ -22,6 +22,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..errors import ModelFormatError
+
 
 @runtime_checkable
 class Member(Protocol):
@@ -50,5 +52,5 @@ def load_member(folder: Path, spec: dict[str, Any], **kwargs: Any) -> Member:
     kind = spec.get("kind")
     classes = member_classes()
     if kind not in classes:
-        raise ValueError(f"{folder}: unknown member kind {kind!r} (known: {', '.join(sorted(classes))})")
+        raise ModelFormatError(f"{folder}: unknown member kind {kind!r} (known: {', '.join(sorted(classes))})")
     return classes[kind].load(Path(folder), spec, **kwargs)

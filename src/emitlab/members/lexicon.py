@@ -42,8 +42,18 @@ import numpy as np
 
 from ..errors import ModelFormatError
 from ..settings import LexiconConfig
-from .linear import (check_fit_inputs, fit_logistic_heads, load_heads, logistic_proba, read_array,
-                     safe_file_name, save_array, save_heads, spec_config, spec_label_names)
+from .linear import (
+    check_fit_inputs,
+    fit_logistic_heads,
+    load_heads,
+    logistic_proba,
+    read_array,
+    safe_file_name,
+    save_array,
+    save_heads,
+    spec_config,
+    spec_label_names,
+)
 
 #: ELIta's emotion dimensions, in feature order, with the EMit label each one names.
 EMOTIONS: dict[str, str] = {

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import sparse
 from scipy.special import expit
 
-from ..errors import ModelFormatError
+from ..errors import ModelFormatError, SettingsError
 
 #: Rate used for a constant label column is clipped into [EPS, 1 - EPS] before its logit.
 EPS = 1e-6
@@ -128,7 +128,7 @@ def spec_config(cls: type, spec: dict[str, Any], folder: Path) -> Any:
         raise ModelFormatError(f"{folder}: member spec 'config' is not a mapping")
     try:
         return cls(**cfg)
-    except TypeError as exc:
+    except (TypeError, SettingsError) as exc:  # an unknown key, or a value the settings refuse
         raise ModelFormatError(f"{folder}: member spec 'config' does not fit {cls.__name__} ({exc})") from None
 
 

