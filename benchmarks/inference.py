@@ -580,10 +580,7 @@ def main(argv: list[str] | None = None) -> int:
                "data": str(args.data or default_data()), "texts": len(ctx.texts),
                "threads": torch.get_num_threads(), "onnx_export_during_run": export, "notes": ctx.notes,
                "measurements": results}
-    if args.results_dir is not None:
-        args.results_dir.mkdir(parents=True, exist_ok=True)
-        record.RESULTS = args.results_dir
-    path = record.write_result(args.name, payload)
+    path = record.write_result(args.name, payload, args.results_dir)
     print(f"result written to {path}")
     return 0
 

@@ -49,16 +49,17 @@ def machine() -> dict:
     return info
 
 
-def write_result(name: str, payload: dict) -> Path:
-    """Write ``results/<name>.json``: date, machine, versions, git and the command line (this
-    process's own unless ``payload`` names the command it measured), then ``payload``."""
+def write_result(name: str, payload: dict, results_dir: Path | None = None) -> Path:
+    """Write ``results/<name>.json`` (or ``results_dir/<name>.json``, e.g. for a smoke run): date,
+    machine, versions, git and the command line (this process's own unless ``payload`` names the
+    command it measured), then ``payload``."""
     from emitlab.io import atomic_write_json
     from emitlab.runs import git_info, versions
 
     payload = {"name": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "command": shlex.join([sys.executable, *sys.argv]), "machine": machine(), "versions": versions(),
                "git": git_info(), **payload}
-    return atomic_write_json(RESULTS / f"{name}.json", payload)
+    return atomic_write_json(Path(results_dir or RESULTS) / f"{name}.json", payload)
 
 
 def eval_history(run_dir: Path) -> list[dict]:

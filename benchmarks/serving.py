@@ -268,10 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                "batched": {"max_batch_texts": args.max_batch_texts, "max_wait_ms": args.max_wait_ms},
                "servers": servers, "results": results, "ratios": ratios,
                "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    if args.results_dir is not None:
-        args.results_dir.mkdir(parents=True, exist_ok=True)
-        record.RESULTS = args.results_dir
-    path = record.write_result(args.name, payload)
+    path = record.write_result(args.name, payload, args.results_dir)
     print(f"result written to {path}")
     return 0
 
