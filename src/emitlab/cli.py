@@ -63,10 +63,10 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         plot_stats(stats, png)
     print(f"figure written to {png}")
     if args.json:
-        import json
+        from .io import atomic_write_json
 
         with _output("--json", args.json):
-            Path(args.json).write_text(json.dumps([s.to_dict() for s in stats], indent=2))
+            atomic_write_json(Path(args.json), [s.to_dict() for s in stats])
         print(f"statistics written to {args.json}")
     return 0
 
@@ -100,11 +100,11 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     dups = duplicate_report(data)
     print("\n".join(report_lines(dups)))
     if args.json:
-        import json
+        from .io import atomic_write_json
 
         report = {"sets": sets, "notes": data.warnings, "duplicates": dups}
         with _output("--json", args.json):
-            Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+            atomic_write_json(Path(args.json), report)
         print(f"report written to {args.json}")
     return 0
 

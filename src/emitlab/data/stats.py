@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..io import atomic_path
+
 __all__ = ["DatasetStats", "compute_stats", "format_stats", "plot_stats"]
 
 
@@ -247,5 +249,6 @@ def plot_stats(stats_list: list[DatasetStats] | DatasetStats, path: str | Path) 
 
     names = ", ".join(f"{st.name or f'dataset {i + 1}'}: n={st.n_texts}" for i, st in enumerate(stats_list))
     fig.suptitle(f"Dataset statistics ({names})", fontsize=14)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     return path

@@ -27,6 +27,7 @@ from scipy import sparse
 from scipy.special import expit
 
 from ..errors import ModelFormatError, SettingsError
+from ..io import atomic_path
 
 #: Rate used for a constant label column is clipped into [EPS, 1 - EPS] before its logit.
 EPS = 1e-6
@@ -87,7 +88,8 @@ def safe_file_name(folder: Path, name: Any, what: str) -> Path:
 
 
 def save_array(folder: Path, name: str, array: np.ndarray) -> str:
-    np.save(folder / name, np.ascontiguousarray(array), allow_pickle=False)
+    with atomic_path(folder / name) as tmp:
+        np.save(tmp, np.ascontiguousarray(array), allow_pickle=False)
     return name
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import sparse
 
 from ..errors import ModelFormatError
+from ..io import atomic_write_text
 from ..settings import TfidfConfig
 from .linear import (
     check_fit_inputs,
@@ -111,7 +112,7 @@ class TfidfMember:
             vec = self.vectorizers[a]
             vocab = {str(term): int(col) for term, col in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])}
             name = f"{a}_vocabulary.json"
-            (folder / name).write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+            atomic_write_text(folder / name, json.dumps(vocab, ensure_ascii=False))
             files[f"{a}_vocabulary"] = name
             files[f"{a}_idf"] = save_array(folder, f"{a}_idf.npy", np.asarray(vec.idf_, dtype=np.float64))
         files.update(save_heads(folder, self.W, self.b))

@@ -23,7 +23,7 @@ import torch
 
 from ..devices import model_device, pick_device, precision_flags
 from ..errors import ModelFormatError, SettingsError
-from ..io import to_jsonable
+from ..io import atomic_write_json, to_jsonable
 from ..settings import BACKENDS, TrainConfig
 
 log = logging.getLogger("emitlab")
@@ -241,7 +241,7 @@ class TransformerMember:
         t0 = time.time()
         result = trainer.train(resume_from_checkpoint=checkpoint)
         train_s = time.time() - t0
-        (workdir / "trainer_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        atomic_write_json(workdir / "trainer_log.json", trainer.state.log_history)
         # The weight average (if any) is already in the model: WeightAverage.on_train_end.
         # Predict with our own length-sorted batching, not trainer.predict: with
         # train_sampling_strategy="group_by_length", transformers 5 also reorders evaluation
@@ -296,7 +296,7 @@ class TransformerMember:
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save(folder)
         self.predictor.tokenizer.save_pretrained(folder)
-        (folder / NETWORK_FILE).write_text(json.dumps(self.network_meta(), indent=2, ensure_ascii=False))
+        atomic_write_json(folder / NETWORK_FILE, self.network_meta())
         return {"kind": self.kind, "config": to_jsonable(asdict(self.config)), "label_names": self.label_names}
 
     @classmethod
