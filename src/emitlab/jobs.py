@@ -160,6 +160,8 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     sets = data.prediction_sets
     if data.train.labels is None:
         raise DataError(f"{data.train.source}: the training file has no labels")
+    if not getattr(run, "is_main", True):
+        return _replica_engine(data, cfgs, run, members, resume, cleaner)
 
     if stats:
         _write_stats(data, run)
@@ -242,6 +244,35 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
         metrics["timings_s"]["total"] = round(time.time() - t_start, 1)
         run.write_json("metrics.json", metrics)
     return metrics
+
+
+def _replica_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resume: bool,
+                    cleaner: TextCleaner) -> dict:
+    """:func:`run_engine` on a rank > 0 of a multi-process launch (``accelerate launch``,
+    ``torchrun``): only the transformer fits are collective, so this rank trains the same
+    transformer folds as rank 0 (same cleaned texts, same fold plan, same seeds; the Trainer
+    shards each batch across the ranks) and does nothing else. Rank 0 alone fits the cheap
+    members, predicts, combines, evaluates and writes every file of the run folder; the fold
+    models here are dropped. With ``resume``, the folds rank 0 already saved are skipped here
+    too (rank 0 writes a fold's ``fold.json`` only after that fold's training, so both ranks see
+    the same folds done)."""
+    from .crossfit import FOLD_FILE
+
+    texts = cleaner.clean_many(data.train.texts)
+    y = data.train.labels
+    plans = fold_plans(data, cfgs, run, members)  # run.write_json writes nothing on this rank
+    trained = 0
+    if "transformer" in members:
+        plan = plans["transformer"]
+        make = member_factory("transformer", cfgs, run, plan, texts, y, resume)
+        for i, (tr, _) in enumerate(plan.folds):
+            if resume and (run / "members" / "transformer" / f"fold-{i}" / FOLD_FILE).is_file():
+                continue
+            make(i).fit([texts[j] for j in tr], y[tr], data.label_names)
+            trained += 1
+    log.info("rank %d of %d: trained %d transformer fold(s); rank 0 writes the run folder",
+             run.rank, run.world_size, trained)
+    return {"distributed": {"rank": run.rank, "world_size": run.world_size, "transformer_folds_trained": trained}}
 
 
 def _strip_history(info: dict) -> dict:
@@ -352,8 +383,14 @@ def _restrict_combiner(d: dict, members: list[str], used: list[str]) -> dict:
 
 
 def summary_table(metrics: dict) -> str:
-    """The one-screen summary printed at the end of a job."""
+    """The one-screen summary printed at the end of a job (one line on a rank > 0 of a
+    multi-process launch, whose :func:`run_engine` only trains)."""
     from io import StringIO
+
+    if "models" not in metrics and "distributed" in metrics:
+        d = metrics["distributed"]
+        return (f"rank {d['rank']} of {d['world_size']}: trained {d['transformer_folds_trained']} transformer "
+                "fold(s) with rank 0, which writes the run folder and prints the results")
 
     from rich.console import Console
     from rich.table import Table

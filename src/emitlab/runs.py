@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -30,6 +31,62 @@ MARKER = ".emitlab-run"
 
 class RunExistsError(RunFolderError):
     """The run folder exists and is not empty, and neither --overwrite nor --resume was given."""
+
+
+# --------------------------------------------------------------------------------------
+# Several processes (``accelerate launch`` / ``torchrun``): who writes
+
+
+def process_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process as the launcher set them (``RANK``/``WORLD_SIZE``,
+    which ``accelerate launch`` and ``torchrun`` both export); ``(0, 1)`` in a plain process.
+    Reads the environment only: nothing is started."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    except ValueError:
+        return 0, 1
+    return (rank, world) if world > 1 else (0, 1)
+
+
+def is_main_process() -> bool:
+    """True in a plain process and on rank 0 of a multi-process launch: the one that writes."""
+    return process_rank()[0] == 0
+
+
+#: the process group's timeout (s): the HF Trainer's default ``ddp_timeout``. A rank > 0 waits this
+#: long at its next collective (the next transformer fit) while rank 0 works alone.
+DDP_TIMEOUT_S = 1800
+
+
+def _distributed_state():
+    """accelerate's shared ``PartialState``. The first call starts the process group (NCCL with
+    CUDA, else gloo) with the Trainer's default timeout; the HF Trainer later keeps that group."""
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=DDP_TIMEOUT_S))
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a picklable object); ``value`` itself in one process.
+    Also a barrier: no rank returns before rank 0 has called it."""
+    if process_rank()[1] == 1:
+        return value
+    import torch.distributed as dist
+
+    _distributed_state()
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wait_for_everyone() -> None:
+    """A barrier across the launched processes (nothing in one process)."""
+    if process_rank()[1] > 1:
+        _distributed_state().wait_for_everyone()
 
 
 def versions() -> dict[str, str]:
@@ -110,11 +167,43 @@ class RunDir:
     An existing non-empty folder is refused unless ``overwrite`` (which empties it first) or
     ``resume`` (which keeps it) is set; both need the marker, so that ``--out . --overwrite`` or
     ``--out ~ --overwrite`` can never delete anything but an earlier run. The current directory,
-    its parents, the home folder and ``/`` are never emptied, marker or not."""
+    its parents, the home folder and ``/`` are never emptied, marker or not.
+
+    Launched as several processes (``accelerate launch``, ``torchrun``), only rank 0 checks,
+    empties, creates and writes the folder (its files, ``run.log``); the other ranks wait until
+    it has, then fail with its error if it failed, and otherwise write nothing here
+    (:meth:`write_json` and :meth:`save_config` do nothing on them, ``is_main`` is False)."""
 
     def __init__(self, path: str | Path, overwrite: bool = False, resume: bool = False,
                  command: list[str] | None = None):
         self.path = Path(path)
+        self.rank, self.world_size = process_rank()
+        self.is_main = self.rank == 0
+        self.started = time.time()
+        self.timings: dict[str, float] = {}
+        self._handler: logging.Handler | None = None
+        self._quieted: int | None = None
+        if self.world_size > 1:
+            failure: Exception | None = None
+            if self.is_main:
+                try:
+                    self._create(overwrite, resume, command)
+                except Exception as exc:  # re-raised below, once the other ranks know
+                    failure = exc
+            # the other ranks wait here until rank 0 has created the folder (or failed to)
+            error = broadcast_from_main(None if failure is None else str(failure))
+            if failure is not None:
+                raise failure
+            if error is not None:
+                raise RunFolderError(f"rank 0 could not prepare the run folder: {error}")
+            if not self.is_main:  # replicas log warnings only (as the HF Trainer's log_level_replica)
+                emitlab_log = logging.getLogger("emitlab")
+                self._quieted = emitlab_log.level
+                emitlab_log.setLevel(logging.WARNING)
+            return
+        self._create(overwrite, resume, command)
+
+    def _create(self, overwrite: bool, resume: bool, command: list[str] | None) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file, not a folder; choose another --out")
         if self.path.is_dir() and any(self.path.iterdir()):
@@ -139,8 +228,6 @@ class RunDir:
         except OSError as exc:
             raise RunFolderError(f"cannot create the run folder {self.path} ({exc.strerror or exc}); "
                                  "choose another --out") from exc
-        self.started = time.time()
-        self.timings: dict[str, float] = {}
         self._handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._handler.setLevel(logging.INFO)
@@ -160,9 +247,14 @@ class RunDir:
         return self.path / name
 
     def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``name`` atomically (on rank 0 only; other ranks just get the path)."""
+        if not self.is_main:
+            return self.path / name
         return atomic_write_json(self.path / name, obj)
 
     def save_config(self, command: list[str], configs: list[Any]) -> Path:
+        if not self.is_main:
+            return self.path / "config.json"
         payload: dict[str, Any] = {"command": command}
         for c in configs:
             payload[section_name(type(c))] = c
@@ -171,5 +263,10 @@ class RunDir:
         return self.write_json("config.json", payload)
 
     def close(self) -> None:
-        logging.getLogger().removeHandler(self._handler)
-        self._handler.close()
+        if self._handler is not None:
+            logging.getLogger().removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
+        if self._quieted is not None:
+            logging.getLogger("emitlab").setLevel(self._quieted)
+            self._quieted = None

@@ -241,7 +241,12 @@ class TransformerMember:
         t0 = time.time()
         result = trainer.train(resume_from_checkpoint=checkpoint)
         train_s = time.time() - t0
-        atomic_write_json(workdir / "trainer_log.json", trainer.state.log_history)
+        # Several processes (accelerate launch / torchrun): every rank has loaded the best
+        # checkpoint before rank 0 may go on and delete the checkpoints (cleanup); only rank 0
+        # writes files.
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            atomic_write_json(workdir / "trainer_log.json", trainer.state.log_history)
         # The weight average (if any) is already in the model: WeightAverage.on_train_end.
         # Predict with our own length-sorted batching, not trainer.predict: with
         # train_sampling_strategy="group_by_length", transformers 5 also reorders evaluation
@@ -264,6 +269,9 @@ class TransformerMember:
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "best_eval_macro_f1_at_0.5": trainer.state.best_metric,
             "torch_threads": torch.get_num_threads(),
+            **({"processes": trainer.args.world_size,
+                "effective_batch_size": cfg.batch_size * trainer.args.world_size * args.gradient_accumulation_steps}
+               if trainer.args.world_size > 1 else {}),
             **({"weight_average": average.summary()} if average is not None else {}),
             "log_history": trainer.state.log_history,
         }
