@@ -12,9 +12,10 @@ and the ONNX probabilities match the torch ones. Inputs are ``input_ids``, ``att
 only when the tokenizer produces it, ``token_type_ids`` (int64, dynamic batch and sequence axes);
 the output is ``logits`` (float32, ``(batch, n_labels)``).
 
-``model.int8.onnx`` is the same graph after onnxruntime's dynamic quantisation (int8 weights,
-activations quantised on the fly): about a quarter of the size and usually faster on CPU, at
-the price of slightly different probabilities (``benchmarks/inference.py`` measures both).
+``model.int8.onnx`` is the same graph with int8 weights and int8 activations quantised on the fly
+(:func:`quantize_int8`; ``--int8-scheme``): about a quarter of the size and about twice as fast
+on one CPU thread, at the price of slightly different probabilities (``benchmarks/int8.py``
+compares the schemes, ``benchmarks/inference.py`` the backends).
 
 Each transformer fold model of an export is a network folder (``members/<member>/fold-<i>``);
 its files are written into that folder by default and listed under ``"onnx"`` in its
@@ -99,7 +100,7 @@ def logits_only(model: "nn.Module") -> "nn.Module":
 
 
 def export_onnx(model_dir: Path, out: Path | None = None, int8: bool = True, opset: int = DEFAULT_OPSET,
-                exporter: str = "auto") -> list[dict]:
+                exporter: str = "auto", int8_scheme: str = "per-token") -> list[dict]:
     """Export every transformer network of ``model_dir`` (an export folder or its .zip, or one
     network folder) to ``model.onnx`` and, with ``int8``, ``model.int8.onnx`` inside that
     network's folder (or under ``out/<member>/fold-<i>``; ``out`` itself for one network folder).
@@ -110,7 +111,7 @@ def export_onnx(model_dir: Path, out: Path | None = None, int8: bool = True, ops
     results = []
     for rel, folder in folders:
         dest = Path(out) / out_subfolder(rel) if out is not None else folder
-        results.append(export_network_onnx(folder, dest, int8, opset, exporter) | {"network": rel})
+        results.append(export_network_onnx(folder, dest, int8, opset, exporter, int8_scheme) | {"network": rel})
     return results
 
 
@@ -136,7 +137,7 @@ def network_folders(path: Path) -> list[tuple[str, Path]]:
 
 
 def export_network_onnx(folder: Path, out_dir: Path | None = None, int8: bool = True, opset: int = DEFAULT_OPSET,
-                        exporter: str = "auto") -> dict:
+                        exporter: str = "auto", int8_scheme: str = "per-token") -> dict:
     """Export one network folder into ``out_dir`` (default: the folder itself). Every file is
     written to a temporary name and renamed into place; the folder's ``network.json`` gets an
     ``"onnx"`` entry listing the files present in ``out_dir`` (relative names inside the folder,
@@ -144,12 +145,14 @@ def export_network_onnx(folder: Path, out_dir: Path | None = None, int8: bool = 
     are written but not recorded (``"recorded": false`` in the result)."""
     import torch
 
-    from .members.transformer import MODEL_INPUTS, load_predictor
+    from .members.transformer import MODEL_INPUTS, load_predictor, read_network_meta
 
     if exporter not in EXPORTERS:
         raise SettingsError(f"unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
     if opset < 17:
         raise SettingsError(f"--opset must be at least 17 (LayerNormalization), got {opset}")
+    if int8_scheme not in INT8_SCHEMES:
+        raise SettingsError(f"unknown int8 scheme {int8_scheme!r}: expected one of {', '.join(INT8_SCHEMES)}")
     folder = Path(folder)
     out_dir = Path(out_dir) if out_dir is not None else folder
     why = unwritable(out_dir)
@@ -175,18 +178,20 @@ def export_network_onnx(folder: Path, out_dir: Path | None = None, int8: bool = 
         log.warning("the ONNX graph's logits differ from torch by up to %.2e: check the export", diffs["onnx"])
     if int8:
         with atomic_path(out_dir / ONNX_INT8_FILE) as tmp:
-            quantize_int8(fp32_path, tmp)
+            int8_info = quantize_int8(fp32_path, tmp, int8_scheme)
         diffs["onnx-int8"] = _max_logit_diff(predictor, out_dir / ONNX_INT8_FILE, checks)
         log.info("int8 copy written to %s", out_dir / ONNX_INT8_FILE)
 
     entry = {"opset": opset, "exporter": used, "inputs": names, "output": "logits", "files": {},
              "sample_max_abs_logit_diff": {}, "versions": {"torch": torch.__version__, "onnxruntime": _ort_version()}}
+    previous = ((read_network_meta(folder).get("onnx") or {}).get("files") or {}).get("onnx-int8") or {}
     for backend, fname in BACKEND_FILES.items():
         path = out_dir / fname
         if path.is_file():
-            entry["files"][backend] = {"file": _relative(path, folder), "bytes": path.stat().st_size,
-                                       **({"weights": "int8 (dynamic quantisation, QInt8)"}
-                                          if backend == "onnx-int8" else {})}
+            entry["files"][backend] = {"file": _relative(path, folder), "bytes": path.stat().st_size}
+            if backend == "onnx-int8":  # what the int8 file is (kept from the last export when not rewritten now)
+                info = int8_info if int8 else {k: v for k, v in previous.items() if k in ("scheme", "weights")}
+                entry["files"][backend].update(info or {"scheme": "unknown"})
             if backend in diffs:
                 entry["sample_max_abs_logit_diff"][backend] = diffs[backend]
     recorded = True
@@ -257,11 +262,36 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def quantize_int8(src: Path, dest: Path) -> None:
-    """onnxruntime dynamic quantisation of ``src`` (int8 weights) into ``dest``. The recommended
-    pre-processing (graph optimisation; symbolic shape inference fails on these graphs, so it is
-    skipped) runs first when it works."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+#: quantisation schemes of model.int8.onnx (see :func:`quantize_int8`); the first is the default
+INT8_SCHEMES = ("per-token", "dynamic")
+DEFAULT_INT8_SCHEME = INT8_SCHEMES[0]
+#: what ``model.int8.onnx`` holds, per scheme (recorded in network.json's onnx entry)
+INT8_DESCRIPTIONS = {
+    "per-token": "int8 weights per output channel (every weight MatMul) with int8 activations scaled per token "
+                 "(MatMulInteger); word-embedding table int8 per row; classifier and attention products fp32",
+    "dynamic": "onnxruntime quantize_dynamic (QInt8 weights per tensor, activations uint8 per tensor, word "
+               "embeddings per tensor)",
+}
+
+
+def quantize_int8(src: Path, dest: Path, scheme: str = DEFAULT_INT8_SCHEME) -> dict:
+    """Write an int8 copy of the fp32 graph ``src`` into ``dest``; returns a description of it
+    (recorded in ``network.json``).
+
+    ``"per-token"`` (default): every MatMul with a constant 2-D weight becomes
+    ``MatMulInteger`` on int8 weights (symmetric, one scale per output column) and uint8
+    activations quantised **per token** (symmetric, one scale per row, zero point 128), the int32
+    result rescaled by both scales; the word-embedding table is stored int8 with one scale per
+    row. onnxruntime's dynamic quantisation (``"dynamic"``) quantises each activation with one
+    range per *tensor*, i.e. per padded batch: a few tokens of a fine-tuned BERT have FFN
+    activations tens of times larger than the rest, so every other token of the batch is
+    quantised with a coarse step (see ``benchmarks/int8.py``).
+
+    ``"dynamic"``: ``quantize_dynamic`` (QInt8 weights per tensor, all quantisable ops), after the
+    recommended pre-processing (graph optimisation; symbolic shape inference fails on these graphs,
+    so it is skipped) when it works."""
+    if scheme not in INT8_SCHEMES:
+        raise SettingsError(f"unknown int8 scheme {scheme!r}: expected one of {', '.join(INT8_SCHEMES)}")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix=".emitlab-quant-", dir=Path(dest).parent) as tmp:
@@ -273,8 +303,107 @@ def quantize_int8(src: Path, dest: Path) -> None:
         except Exception as exc:  # quantising the raw graph still works, only less well
             log.warning("quantisation pre-processing failed (%s); quantising the graph as exported", exc)
             source = Path(src)
-        with _quiet_root_logger():  # the quantiser logs every tensor it skips at INFO on the root logger
-            quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8)
+        if scheme == "dynamic":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            with _quiet_root_logger():  # the quantiser logs every tensor it skips at INFO on the root logger
+                quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8)
+            return {"scheme": scheme, "weights": INT8_DESCRIPTIONS[scheme]}
+        counts = _quantize_per_token(source, Path(dest))
+    return {"scheme": scheme, "weights": INT8_DESCRIPTIONS[scheme], **counts}
+
+
+def _quantize_per_token(src: Path, dest: Path, keep_fp32: tuple[str, ...] = ()) -> dict:
+    """The ``"per-token"`` scheme of :func:`quantize_int8` as a graph rewrite (standard ONNX ops)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+
+    def weight(name: str):
+        if name not in inits or inits[name].data_type != TensorProto.FLOAT:
+            return None
+        return numpy_helper.to_array(inits[name])
+
+    new_inits, dropped, quantised_inputs = [], set(), {}
+    shared = [numpy_helper.from_array(np.array(1 / 127, np.float32), "int8_pt/inv127"),
+              numpy_helper.from_array(np.array(1e-12, np.float32), "int8_pt/eps"),
+              numpy_helper.from_array(np.array(128, np.float32), "int8_pt/f128"),
+              numpy_helper.from_array(np.array(128, np.uint8), "int8_pt/zp128")]
+    nodes, n_matmul, n_embed = [], 0, 0
+    for node in graph.node:
+        w = weight(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if w is not None and w.ndim == 2 and not any(k in node.name for k in keep_fp32):
+            x = node.input[0]
+            if x not in quantised_inputs:  # the query/key/value MatMuls share theirs: quantise it once
+                p = f"int8_pt/{len(quantised_inputs)}"
+                nodes += [helper.make_node("Abs", [x], [p + "/abs"], name=p + "/Abs"),
+                          helper.make_node("ReduceMax", [p + "/abs"], [p + "/absmax"], name=p + "/ReduceMax",
+                                           axes=[-1], keepdims=1),
+                          helper.make_node("Max", [p + "/absmax", "int8_pt/eps"], [p + "/absmax_eps"], name=p + "/Max"),
+                          helper.make_node("Mul", [p + "/absmax_eps", "int8_pt/inv127"], [p + "/scale"],
+                                           name=p + "/Scale"),
+                          helper.make_node("Div", [x, p + "/scale"], [p + "/scaled"], name=p + "/Div"),
+                          helper.make_node("Round", [p + "/scaled"], [p + "/rounded"], name=p + "/Round"),
+                          helper.make_node("Add", [p + "/rounded", "int8_pt/f128"], [p + "/shifted"], name=p + "/Add"),
+                          helper.make_node("Cast", [p + "/shifted"], [p + "/q"], name=p + "/Cast",
+                                           to=TensorProto.UINT8)]
+                quantised_inputs[x] = (p + "/q", p + "/scale")
+            xq, xscale = quantised_inputs[x]
+            wscale = np.abs(w).max(0) / 127
+            wscale[wscale == 0] = 1.0
+            wq = np.clip(np.round(w / wscale), -127, 127).astype(np.int8)
+            b = node.input[1]
+            new_inits += [numpy_helper.from_array(wq, b + "/int8"),
+                          numpy_helper.from_array(wscale.astype(np.float32), b + "/scale")]
+            q, out = node.name or b, node.output[0]
+            nodes += [helper.make_node("MatMulInteger", [xq, b + "/int8", "int8_pt/zp128"],
+                                       [q + "/int32"], name=q + "/MatMulInteger"),
+                      helper.make_node("Cast", [q + "/int32"], [q + "/float"], name=q + "/CastFloat",
+                                       to=TensorProto.FLOAT),
+                      helper.make_node("Mul", [q + "/float", b + "/scale"], [q + "/wscaled"], name=q + "/MulW"),
+                      helper.make_node("Mul", [q + "/wscaled", xscale], [out], name=q + "/MulX")]
+            n_matmul += 1
+            if uses[b] == 1:
+                dropped.add(b)
+            continue
+        table = weight(node.input[0]) if node.op_type == "Gather" else None
+        if table is not None and table.ndim == 2 and node.input[1] == "input_ids":  # the word-embedding table
+            t, out = node.input[0], node.output[0]
+            scale = np.abs(table).max(1) / 127
+            scale[scale == 0] = 1.0
+            q = np.clip(np.round(table / scale[:, None]), -127, 127).astype(np.int8)
+            new_inits += [numpy_helper.from_array(q, t + "/int8"),
+                          numpy_helper.from_array(scale.astype(np.float32)[:, None], t + "/row_scale")]
+            nodes += [helper.make_node("Gather", [t + "/int8", node.input[1]], [out + "/int8"],
+                                       name=out + "/GatherInt8", axis=0),
+                      helper.make_node("Gather", [t + "/row_scale", node.input[1]], [out + "/scale"],
+                                       name=out + "/GatherScale", axis=0),
+                      helper.make_node("Cast", [out + "/int8"], [out + "/float"], name=out + "/Cast",
+                                       to=TensorProto.FLOAT),
+                      helper.make_node("Mul", [out + "/float", out + "/scale"], [out], name=out + "/Dequantize")]
+            n_embed += 1
+            if uses[t] == 1:
+                dropped.add(t)
+            continue
+        nodes.append(node)
+    if not n_matmul:
+        raise ModelFormatError(f"{src}: no MatMul with a constant weight to quantise (not an encoder graph?)")
+    kept = [t for t in graph.initializer if t.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + shared + new_inits)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.ClearField("value_info")  # shapes of the pre-processed graph; onnxruntime infers its own
+    onnx.save(model, str(dest))
+    return {"quantised_matmuls": n_matmul, "quantised_embeddings": n_embed}
 
 
 def _max_logit_diff(predictor: EncoderPredictor, onnx_path: Path, batches: list[list[str]]) -> float:
@@ -415,7 +544,7 @@ The graph computes the logits only; sigmoid, thresholds and decoding stay in emi
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     results = export_onnx(Path(args.model), Path(args.out) if args.out else None, int8=not args.no_int8,
-                          opset=args.opset, exporter=args.exporter)
+                          opset=args.opset, exporter=args.exporter, int8_scheme=args.int8_scheme)
     for result in results:
         for backend, f in result["files"].items():
             diff = result["sample_max_abs_logit_diff"].get(backend)
@@ -445,6 +574,11 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                         "absolute path when the export is writable, so the onnx backends find them while they stay "
                         "there.")
     p.add_argument("--no-int8", action="store_true", help="Skip the int8 quantised copy.")
+    p.add_argument("--int8-scheme", choices=INT8_SCHEMES, default=DEFAULT_INT8_SCHEME,
+                   help="How model.int8.onnx is quantised: per-token (default; int8 weights per output channel, "
+                        "activations scaled per token: close to fp32) or dynamic (onnxruntime's quantize_dynamic, "
+                        "one activation range per batch: slightly faster, probabilities off by up to ~0.5 on a "
+                        "fine-tuned me5-small).")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset, at least 17 (default: {DEFAULT_OPSET}).")
     p.add_argument("--exporter", choices=EXPORTERS, default="auto",
@@ -454,4 +588,5 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-__all__ = ["BACKEND_FILES", "OnnxBackend", "export_onnx", "load_onnx_backend", "quantize_int8", "register_cli"]
+__all__ = ["BACKEND_FILES", "INT8_SCHEMES", "OnnxBackend", "export_onnx", "load_onnx_backend", "quantize_int8",
+           "register_cli"]

@@ -1,0 +1,199 @@
+"""How faithful and how fast each int8 quantisation of one transformer network is, against fp32 ONNX.
+
+    python benchmarks/int8.py --network runs/full/model/members/transformer/fold-0 \\
+        --texts ../shared/data/emit/emit_test.csv --task A --results-dir /tmp/int8
+
+The network folder is only read: it is copied (without any ONNX file) into a temporary folder,
+where ``model.onnx`` is exported and every variant is written. The texts (column ``text``) are
+cleaned as a run cleans them; with ``--task`` the gold labels of the EMit test split are read
+too (``emitlab.data.loading.load_emit(--data, task)``, which must hold the same texts in the same
+order) for macro-F1 at 0.5.
+
+Per variant: the largest and the 99th-percentile |p - p_fp32| over every text and label,
+macro-F1 at 0.5 (and fp32's), texts per second at batch 64 on one onnxruntime thread (one
+untimed batch first; fp32 is timed at the start and at the end, and the ratio uses their mean),
+the file size and the quantisation time. Variants:
+
+``per-token``, ``dynamic``
+    :func:`emitlab.onnx_export.quantize_int8`'s schemes (``per-token`` is the default).
+``dynamic-matmul-per-channel``
+    ``quantize_dynamic`` on the MatMuls only (embeddings fp32), per-channel weights.
+``dynamic-only-<group>``
+    ``quantize_dynamic`` on one group of nodes only, the rest fp32: which nodes make the drift
+    (``word-embedding``, ``qkv``, ``attention-output``, ``ffn-up``, ``ffn-down``).
+
+Writes ``<results-dir>/<name>.json`` (default ``benchmarks/results/int8.json``) through
+``record.write_result``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import record  # noqa: E402
+
+GROUPS = {  # node-name patterns of the BERT graphs the TorchScript exporter writes
+    "word-embedding": lambda n: n.op_type == "Gather" and "word_embeddings" in n.name,
+    "qkv": lambda n: n.op_type == "MatMul" and any(f"/self/{k}/" in n.name for k in ("query", "key", "value")),
+    "attention-output": lambda n: n.op_type == "MatMul" and "/attention/output/dense/" in n.name,
+    "ffn-up": lambda n: n.op_type == "MatMul" and "/intermediate/dense/" in n.name,
+    "ffn-down": lambda n: n.op_type == "MatMul" and "/output/dense/" in n.name and "/attention/" not in n.name,
+}
+DEFAULT_VARIANTS = ["per-token", "dynamic", "dynamic-matmul-per-channel", *(f"dynamic-only-{g}" for g in GROUPS)]
+
+
+def session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def predict(path: Path, batches: list, n: int, n_labels: int) -> tuple[np.ndarray, float]:
+    """Probabilities of every text, and texts/s of the timed pass (after one untimed batch)."""
+    sess = session(path)
+    names = [i.name for i in sess.get_inputs()]
+    sess.run(["logits"], {k: batches[0][1][k] for k in names})
+    logits = np.zeros((n, n_labels), np.float32)
+    t0 = time.perf_counter()
+    for idx, batch in batches:
+        logits[idx] = sess.run(["logits"], {k: batch[k] for k in names})[0]
+    return 1 / (1 + np.exp(-logits)), n / (time.perf_counter() - t0)
+
+
+def write_variant(name: str, fp32: Path, dest: Path) -> dict:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from emitlab.onnx_export import INT8_SCHEMES, quantize_int8
+
+    if name in INT8_SCHEMES:
+        return quantize_int8(fp32, dest, name)
+    pre = dest.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    try:
+        if name == "dynamic-matmul-per-channel":
+            quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                             per_channel=True)
+            return {"nodes": "every MatMul"}
+        group = name.removeprefix("dynamic-only-")
+        graph = onnx.load(str(pre), load_external_data=False).graph
+        consts = {t.name for t in graph.initializer}
+        nodes = [n.name for n in graph.node
+                 if GROUPS[group](n) and n.input[0 if n.op_type == "Gather" else 1] in consts]
+        quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                         op_types_to_quantize=["Gather" if group == "word-embedding" else "MatMul"])
+        return {"nodes": len(nodes)}
+    finally:
+        pre.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--network", type=Path, required=True, help="A transformer network folder (read only).")
+    p.add_argument("--texts", type=Path, required=True, help="CSV file with a 'text' column.")
+    p.add_argument("--data", type=Path, default=None,
+                   help="EMit data folder for the gold labels (default: the folder of --texts).")
+    p.add_argument("--task", default=None, help="EMit task (A or B) of the gold labels, for macro-F1.")
+    p.add_argument("--limit", type=int, default=None, help="Only the first N texts (a quick check).")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"Comma-separated variants (default: {','.join(DEFAULT_VARIANTS)}).")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--name", default="int8")
+    p.add_argument("--results-dir", type=Path, default=None,
+                   help="Where the JSON goes (default benchmarks/results; e.g. /tmp/int8 for a trial).")
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    import pandas as pd
+    import torch
+
+    from emitlab.data.cleaning import TextCleaner
+    from emitlab.evaluation import macro_f1
+    from emitlab.members.transformer import load_predictor, read_network_meta
+    from emitlab.onnx_export import ONNX_FILE, export_network_onnx
+
+    torch.set_num_threads(1)
+    texts = TextCleaner().clean_many(pd.read_csv(args.texts)["text"].astype(str).tolist())[:args.limit]
+    gold = None
+    if args.task:
+        from emitlab.data.loading import load_emit
+
+        d = load_emit(args.data or args.texts.parent, args.task)
+        gold = np.asarray(d.test.labels)[:len(texts)]
+        if len(gold) != len(texts):
+            raise SystemExit(f"{len(gold)} gold rows for {len(texts)} texts")
+
+    variants = [v for v in args.variants.split(",") if v]
+    t_start = time.time()
+    with tempfile.TemporaryDirectory(prefix="emitlab-int8-") as tmp:
+        net = Path(shutil.copytree(args.network, Path(tmp) / "net", ignore=shutil.ignore_patterns("*.onnx")))
+        export_network_onnx(net, int8=False)
+        predictor, _ = load_predictor(net, "torch")
+        n_labels = len(read_network_meta(net)["labels"])
+        batches = list(predictor.padded_batches(texts, args.batch_size))
+        fp32 = net / ONNX_FILE
+        p32, tps_start = predict(fp32, batches, len(texts), n_labels)
+        f1_32 = macro_f1(gold, (p32 >= 0.5).astype(int)) if gold is not None else None
+        print(f"fp32: {tps_start:.1f} texts/s, macro-F1 {f1_32}", flush=True)
+        results = {}
+        for name in variants:
+            dest = Path(tmp) / f"{name}.onnx"
+            t0 = time.time()
+            info = write_variant(name, fp32, dest)
+            seconds = time.time() - t0
+            p, tps = predict(dest, batches, len(texts), n_labels)
+            diff = np.abs(p - p32)
+            worst = np.unravel_index(diff.argmax(), diff.shape)
+            results[name] = {"max_abs_dp": float(diff.max()), "p99_abs_dp": float(np.quantile(diff, 0.99)),
+                             "mean_abs_dp": float(diff.mean()), "worst": {"text": int(worst[0]), "label": int(worst[1]),
+                                                                         "p_fp32": float(p32[worst]),
+                                                                         "p": float(p[worst])},
+                             "decision_flips_at_0.5": int(((p >= 0.5) != (p32 >= 0.5)).sum()),
+                             "macro_f1": macro_f1(gold, (p >= 0.5).astype(int)) if gold is not None else None,
+                             "texts_per_s": tps, "bytes": dest.stat().st_size, "quantise_seconds": round(seconds, 1),
+                             "info": info}
+            dest.unlink()
+            r = results[name]
+            print(f"{name:32s} max {r['max_abs_dp']:.4f} p99 {r['p99_abs_dp']:.4f} F1 {r['macro_f1']} "
+                  f"{tps:.1f} t/s {r['bytes'] / 2**20:.0f} MiB", flush=True)
+        _, tps_end = predict(fp32, batches, len(texts), n_labels)
+        tps32 = (tps_start + tps_end) / 2
+        for r in results.values():
+            r["speedup_vs_fp32"] = r["texts_per_s"] / tps32
+            r["macro_f1_change"] = (r["macro_f1"] - f1_32) if gold is not None else None
+        fp32_row = {"texts_per_s": tps32, "texts_per_s_start_end": [tps_start, tps_end], "macro_f1": f1_32,
+                    "bytes": fp32.stat().st_size}
+    print(f"\n{'variant':32s} {'max|dp|':>8s} {'p99|dp|':>8s} {'F1':>7s} {'dF1':>7s} {'t/s':>6s} {'x fp32':>6s} "
+          f"{'MiB':>5s}")
+    print(f"{'fp32':32s} {0:8.4f} {0:8.4f} {f1_32 or float('nan'):7.4f} {0:7.4f} {tps32:6.1f} {1:6.2f} "
+          f"{fp32_row['bytes'] / 2**20:5.0f}")
+    for name, r in results.items():
+        print(f"{name:32s} {r['max_abs_dp']:8.4f} {r['p99_abs_dp']:8.4f} {r['macro_f1'] or float('nan'):7.4f} "
+              f"{r['macro_f1_change'] or 0:7.4f} {r['texts_per_s']:6.1f} {r['speedup_vs_fp32']:6.2f} "
+              f"{r['bytes'] / 2**20:5.0f}")
+    payload = {"network": str(args.network.resolve()), "texts": str(args.texts.resolve()), "n_texts": len(texts),
+               "task": args.task, "batch_size": args.batch_size, "threads": 1, "fp32": fp32_row, "variants": results,
+               "seconds": round(time.time() - t_start, 1)}
+    path = record.write_result(args.name, payload, args.results_dir)
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
