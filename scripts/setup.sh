@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Set up emitlab on a fresh machine: a .venv with the project, the CPU build of torch 2.13.0
-# (pinned in pyproject.toml), the test tools, and Debian's Chromium for the browser tests.
+# (pinned in pyproject.toml), the test tools, Ray (batch prediction), and Debian's Chromium for the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test,tracking]"
+.venv/bin/python -m pip install -q -e ".[test,tracking,ray]"
 
 # Chromium drives the report and web-page tests through Playwright (never `playwright install`,
 # which downloads its own browser). Without root or apt-get those tests are skipped, with the reason.
