@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .calibration import CalibrationReport, best_thresholds, calibrate, decode, fast_macro_f1
+from .calibration import CalibrationReport, best_thresholds, calibrate, fast_macro_f1
 from .errors import ModelFormatError
 
 log = logging.getLogger("emitlab")
@@ -288,4 +288,4 @@ def _score_candidates(cands, probs, y, label_names, cal, cfg, seed, fitted) -> N
 
 
 __all__ = ["WeightedAverage", "Stacker", "combiner_from_dict", "choose_combiner", "nested_score", "Choice",
-           "logit", "sigmoid", "decode", "simplex_grid", "tuned_macro_f1"]
+           "logit", "sigmoid", "simplex_grid", "tuned_macro_f1"]

@@ -10,7 +10,6 @@ member. All write the same ``metrics.json`` schema (see :func:`run_engine`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -425,7 +424,3 @@ def summary_table(metrics: dict) -> str:
                      f"reload diff {e.get('reload_max_abs_diff', float('nan')):.1e})")
     lines.append("timings (s): " + ", ".join(f"{k} {v}" for k, v in metrics["timings_s"].items()))
     return "\n".join(lines)
-
-
-def read_metrics(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
