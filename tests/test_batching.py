@@ -231,25 +231,56 @@ def test_max_batch_texts_one_serialises_every_request():
     batcher.close(DEADLINE)
 
 
-def test_a_lone_request_waits_for_companions_at_most_max_wait():
+def test_without_load_a_lone_request_runs_at_once():
+    run = Recorder()
+    batcher = MicroBatcher(run, max_batch_texts=64, max_wait_ms=600_000)  # ten minutes
+    # one client, one request at a time: no batch ever took two requests, so nothing waits
+    # (were it to wait for companions, these would hang until DEADLINE)
+    assert batcher.predict(["alone"], timeout=DEADLINE) == ["row:alone"]
+    assert batcher.predict(["again"], timeout=DEADLINE) == ["row:again"]
+    assert run.calls == [["alone"], ["again"]]
+    batcher.close(DEADLINE)
+
+
+def make_load(batcher: MicroBatcher, run: Recorder) -> None:
+    """Two requests queue behind a held one and run as one batch: the batcher is now under load."""
+    run.gate.close()
+    hold = batcher.submit(["hold"])
+    wait_for(lambda: run.gate.entered == 1, "the first call")
+    queued = [batcher.submit(["q1"]), batcher.submit(["q2"])]
+    run.gate.open()
+    assert [f.result(DEADLINE) for f in [hold, *queued]] == [["row:hold"], ["row:q1"], ["row:q2"]]
+    assert run.calls[-1] == ["q1", "q2"]
+
+
+def test_under_load_a_request_waits_for_companions_at_most_max_wait():
     run = Recorder()
     batcher = MicroBatcher(run, max_batch_texts=64, max_wait_ms=1000)
-    # alone, it runs once max_wait has passed without companions (no timing asserted: behaviour only)
-    assert batcher.predict(["alone"], timeout=DEADLINE) == ["row:alone"]
-    assert run.calls == [["alone"]]
+    make_load(batcher, run)
     x, y = batcher.submit(["x"]), batcher.submit(["y"])  # the second arrives within the first one's wait
     assert x.result(DEADLINE) == ["row:x"] and y.result(DEADLINE) == ["row:y"]
     assert run.calls[-1] == ["x", "y"]
+    # alone, it runs once max_wait has passed without companions (no timing asserted: behaviour
+    # only); the load is then over, and the next lone request does not wait at all
+    assert batcher.predict(["alone"], timeout=DEADLINE) == ["row:alone"]
+    assert run.calls[-1] == ["alone"]
+    batcher.max_wait_ms = 600_000  # would hang were it to wait
+    assert batcher.predict(["after"], timeout=DEADLINE) == ["row:after"]
     batcher.close(DEADLINE)
 
 
 def test_a_full_batch_runs_without_waiting_for_max_wait():
     run = Recorder()
     batcher = MicroBatcher(run, max_batch_texts=4, max_wait_ms=600_000)  # ten minutes
+    run.gate.close()
+    hold = batcher.submit(["h"])  # no load yet: runs at once
+    wait_for(lambda: run.gate.entered == 1, "the first call")
     futures = [batcher.submit(["a", "b"]), batcher.submit(["c", "d"])]
+    run.gate.open()
+    assert hold.result(DEADLINE) == ["row:h"]
     assert [f.result(DEADLINE) for f in futures] == [["row:a", "row:b"], ["row:c", "row:d"]]
-    assert run.calls == [["a", "b", "c", "d"]]
-    # closing does not wait out max_wait either: a queued request runs at once
+    assert run.calls[1:] == [["a", "b", "c", "d"]]
+    # under load now, yet closing does not wait out max_wait either: a queued request runs at once
     pending = batcher.submit(["e"])
     assert batcher.close(DEADLINE)
     assert pending.result(0) == ["row:e"]

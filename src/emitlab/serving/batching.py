@@ -15,6 +15,10 @@ Rules:
   own, so all of its rows come from a single model call.
 * **No waiting when there is a backlog.** The deadline counts from the oldest request's
   arrival, so requests that queued up while the previous batch ran go at once.
+* **No waiting without load.** The worker waits for companions only while the server is under
+  concurrent load: when the previous batch took more than one request. A lone client (the
+  previous batch was one request) never pays ``max_wait_ms``; its request runs at once. As soon
+  as two requests meet in one batch, the next batches wait again.
 * **Errors stay in their batch.** When ``run_batch`` raises (or returns the wrong number of
   rows), every request of that batch gets :class:`BatchError`, and the worker goes on with
   the next batch. Nothing is left pending: the worker answers every future it takes.
@@ -76,7 +80,6 @@ class MicroBatcher:
         self.run_batch = run_batch
         self.max_batch_texts = int(max_batch_texts)
         self.max_wait_ms = float(max_wait_ms)
-        self._max_wait_s = self.max_wait_ms / 1000.0
         self._on_batch = on_batch
         self._on_queue = on_queue
         self._name = name
@@ -86,6 +89,7 @@ class MicroBatcher:
         self._thread: Optional[threading.Thread] = None
         self._closing = False
         self.batches_run = 0  # model calls made (failed ones included)
+        self._last_batch_requests = 0  # requests in the previous batch: > 1 means concurrent load
 
     # ------------------------------------------------------------------ state
 
@@ -203,7 +207,8 @@ class MicroBatcher:
                     self._cond.wait()
                 if not self._queue:
                     return None
-                deadline = self._queue[0].enqueued + self._max_wait_s
+                under_load = self._last_batch_requests > 1 or len(self._queue) > 1
+                deadline = self._queue[0].enqueued + (self.max_wait_ms / 1000.0 if under_load else 0.0)
                 while self._queued_texts < self.max_batch_texts and not self._closing:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -225,6 +230,7 @@ class MicroBatcher:
                         break
                 depth = len(self._queue)
                 if batch:
+                    self._last_batch_requests = len(batch)
                     break
         self._queue_changed(depth)
         return batch

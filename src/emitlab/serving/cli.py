@@ -66,8 +66,9 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                         "(default: 64).")
     p.add_argument("--max-wait-ms", type=_non_negative_float, default=5.0,
                    help="Micro-batching: the longest wait for more requests after the oldest queued one before "
-                        "its batch runs anyway; requests that queued up during the previous batch never wait "
-                        "(default: 5).")
+                        "its batch runs anyway, made only under concurrent load (the previous batch took more than "
+                        "one request): a lone client never waits, nor do requests that queued up during the "
+                        "previous batch (default: 5).")
     p.add_argument("--no-batching", action="store_true",
                    help="One model call per request, one at a time (the same as --max-batch-texts 1 "
                         "--max-wait-ms 0, which it overrides): the serialised server, for comparison.")
