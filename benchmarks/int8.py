@@ -21,6 +21,18 @@ the file size and the quantisation time. Variants:
 ``dynamic-only-<group>``
     ``quantize_dynamic`` on one group of nodes only, the rest fp32: which nodes make the drift
     (``word-embedding``, ``qkv``, ``attention-output``, ``ffn-up``, ``ffn-down``).
+``fakequant-weights``, ``fakequant-embedding``
+    The fp32 graph with only the MatMul weights (int8 per output column) or only the
+    word-embedding table (int8 per row) rounded as ``per-token`` rounds them: the drift of the
+    weight rounding alone, without any activation quantisation.
+``per-token-<options>``
+    ``per-token`` with ``asym`` (activations over their own [min, max] per token),
+    ``smooth<alpha>`` (SmoothQuant: activation outliers migrated into the weights, ranges from
+    ``--calibration-size`` training texts, never the measured ones) and/or ``-keep-<group>``
+    (that group's MatMuls left fp32), e.g. ``per-token-asym-smooth0.5-keep-ffn-down``.
+``nbits8-block<B>``
+    onnxruntime's ``MatMulNBits`` (weight-only int8 in blocks of B along the input dimension,
+    fp32 compute; needs ``pip install onnx-ir``).
 
 Writes ``<results-dir>/<name>.json`` (default ``benchmarks/results/int8.json``) through
 ``record.write_result``.
@@ -50,7 +62,9 @@ GROUPS = {  # node-name patterns of the BERT graphs the TorchScript exporter wri
     "ffn-up": lambda n: n.op_type == "MatMul" and "/intermediate/dense/" in n.name,
     "ffn-down": lambda n: n.op_type == "MatMul" and "/output/dense/" in n.name and "/attention/" not in n.name,
 }
-DEFAULT_VARIANTS = ["per-token", "dynamic", "dynamic-matmul-per-channel", *(f"dynamic-only-{g}" for g in GROUPS)]
+DEFAULT_VARIANTS = ["per-token", "dynamic", "dynamic-matmul-per-channel", *(f"dynamic-only-{g}" for g in GROUPS),
+                    "fakequant-weights", "fakequant-embedding", "per-token-asym", "per-token-smooth0.5",
+                    "per-token-keep-qkv", "per-token-keep-ffn-down", "nbits8-block32"]
 
 
 def session(path: Path):
@@ -75,18 +89,65 @@ def predict(path: Path, batches: list, n: int, n_labels: int) -> tuple[np.ndarra
     return 1 / (1 + np.exp(-logits)), n / (time.perf_counter() - t0)
 
 
-def write_variant(name: str, fp32: Path, dest: Path) -> dict:
+def write_variant(name: str, fp32: Path, dest: Path, calibration: list | None = None) -> dict:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from emitlab.onnx_export import INT8_SCHEMES, quantize_int8
+    from emitlab.onnx_export import INT8_SCHEMES, _quiet_root_logger, quantize_int8
 
     if name in INT8_SCHEMES:
         return quantize_int8(fp32, dest, name)
     pre = dest.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     try:
+        if name.startswith("fakequant-"):  # fp32 graph, only the rounding of one kind of weight
+            from onnx import numpy_helper
+
+            kind = name.removeprefix("fakequant-")
+            model = onnx.load(str(pre))
+            graph = model.graph
+            consts = {t.name: len(t.dims) for t in graph.initializer}
+            targets = ({n.input[1]: 0 for n in graph.node if n.op_type == "MatMul" and consts.get(n.input[1]) == 2}
+                       if kind == "weights" else
+                       {n.input[0]: 1 for n in graph.node if GROUPS["word-embedding"](n)})
+            for t in graph.initializer:
+                if t.name in targets:  # int8 per output column (MatMul) / per row (embedding), as per-token
+                    w = numpy_helper.to_array(t)
+                    scale = np.abs(w).max(targets[t.name], keepdims=True) / 127
+                    scale[scale == 0] = 1.0
+                    t.CopyFrom(numpy_helper.from_array(
+                        (np.clip(np.round(w / scale), -127, 127) * scale).astype(np.float32), t.name))
+            onnx.save(model, str(dest))
+            return {"rounded": len(targets), "what": kind}
+        if name.startswith("nbits8-block"):  # weight-only int8 in blocks along the input dimension
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # needs onnx-ir
+
+            block = int(name.removeprefix("nbits8-block"))
+            q = MatMulNBitsQuantizer(onnx.load(str(pre)), bits=8, block_size=block, is_symmetric=True,
+                                     accuracy_level=0, op_types_to_quantize=("MatMul",))
+            with _quiet_root_logger():
+                q.process()
+            q.model.save_model_to_file(str(dest), False)
+            return {"nodes": "every MatMul with a constant weight", "block_size": block, "compute": "fp32"}
+        if name.startswith("per-token-"):  # per-token[-asym][-smooth<alpha>][-keep-<group>]
+            from emitlab.onnx_export import _quantize_per_token, matmul_input_absmax
+
+            parts = name.removeprefix("per-token-").split("-keep-")
+            opts = parts[0].split("-")
+            group = parts[1] if len(parts) > 1 else None
+            keep = ()
+            if group:
+                graph = onnx.load(str(pre), load_external_data=False).graph
+                keep = tuple(n.name for n in graph.node if GROUPS[group](n))
+            smooth, alpha = None, 0.5
+            for o in opts:
+                if o.startswith("smooth"):
+                    alpha = float(o.removeprefix("smooth") or 0.5)
+                    smooth = matmul_input_absmax(pre, calibration)
+            info = _quantize_per_token(pre, dest, keep_fp32=keep, asymmetric="asym" in opts, smooth=smooth,
+                                       alpha=alpha)
+            return {**info, "kept_fp32": len(keep), **({"smooth_alpha": alpha} if smooth else {})}
         if name == "dynamic-matmul-per-channel":
             quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
                              per_channel=True)
@@ -114,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"Comma-separated variants (default: {','.join(DEFAULT_VARIANTS)}).")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--calibration-texts", type=Path, default=None,
+                   help="CSV with a 'text' column for the smooth variants' activation ranges (default: "
+                        "emit_train_A.csv beside --texts; never the texts measured).")
+    p.add_argument("--calibration-size", type=int, default=512, help="Calibration texts (a seeded sample).")
     p.add_argument("--name", default="int8")
     p.add_argument("--results-dir", type=Path, default=None,
                    help="Where the JSON goes (default benchmarks/results; e.g. /tmp/int8 for a trial).")
@@ -147,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         predictor, _ = load_predictor(net, "torch")
         n_labels = len(read_network_meta(net)["labels"])
         batches = list(predictor.padded_batches(texts, args.batch_size))
+        calibration, calib_path = None, None
+        if any("smooth" in v for v in variants):
+            calib_path = args.calibration_texts or args.texts.parent / "emit_train_A.csv"
+            pool = TextCleaner().clean_many(pd.read_csv(calib_path)["text"].astype(str).tolist())
+            pick = np.random.default_rng(0).choice(len(pool), min(args.calibration_size, len(pool)), replace=False)
+            calibration = [b for _, b in predictor.padded_batches([pool[i] for i in sorted(pick)], args.batch_size)]
         fp32 = net / ONNX_FILE
         p32, tps_start = predict(fp32, batches, len(texts), n_labels)
         f1_32 = macro_f1(gold, (p32 >= 0.5).astype(int)) if gold is not None else None
@@ -155,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in variants:
             dest = Path(tmp) / f"{name}.onnx"
             t0 = time.time()
-            info = write_variant(name, fp32, dest)
+            info = write_variant(name, fp32, dest, calibration)
             seconds = time.time() - t0
             p, tps = predict(dest, batches, len(texts), n_labels)
             diff = np.abs(p - p32)
@@ -188,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['macro_f1_change'] or 0:7.4f} {r['texts_per_s']:6.1f} {r['speedup_vs_fp32']:6.2f} "
               f"{r['bytes'] / 2**20:5.0f}")
     payload = {"network": str(args.network.resolve()), "texts": str(args.texts.resolve()), "n_texts": len(texts),
-               "task": args.task, "batch_size": args.batch_size, "threads": 1, "fp32": fp32_row, "variants": results,
+               "task": args.task, "batch_size": args.batch_size,
+               "calibration": ({"texts": str(calib_path.resolve()), "size": args.calibration_size, "seed": 0}
+                               if calib_path else None), "threads": 1, "fp32": fp32_row, "variants": results,
                "seconds": round(time.time() - t_start, 1)}
     path = record.write_result(args.name, payload, args.results_dir)
     print(f"written to {path}")

@@ -371,6 +371,30 @@ def test_int8_per_token_is_close_to_fp32(exported, tmp_path):
     assert max(worst["per-token"]) <= INT8_MAX_ABS_DP
 
 
+def test_int8_measured_options_stay_close_to_fp32(exported, tmp_path):
+    """The options benchmarks/int8.py measures (asymmetric per-token activations, SmoothQuant
+    ranges from calibration texts, MatMuls kept fp32) write graphs as faithful as the default."""
+    from emitlab.members.transformer import load_predictor
+    from emitlab.onnx_export import _quantize_per_token, matmul_input_absmax
+
+    folder, _ = exported
+    net = networks(folder)[0]
+    texts, calibration_texts = varied_texts(60), varied_texts(90)[60:]
+    predictor, _ = load_predictor(net, "onnx")
+    ranges = matmul_input_absmax(net / ONNX_FILE, [b for _, b in predictor.padded_batches(calibration_texts, 8)])
+    assert ranges and all(np.isfinite(r).all() and (r >= 0).all() for r in ranges.values())
+    p32 = network_probas(net / ONNX_FILE, net, texts)
+    for name, kwargs in {"asym": {"asymmetric": True}, "smooth": {"smooth": ranges, "alpha": 0.5},
+                         "keep": {"keep_fp32": ("/intermediate/dense/",)}}.items():
+        dest = tmp_path / f"{name}.onnx"
+        info = _quantize_per_token(net / ONNX_FILE, dest, **kwargs)
+        assert info["quantised_matmuls"] > 0
+        assert float(np.abs(network_probas(dest, net, texts) - p32).max()) <= INT8_MAX_ABS_DP, name
+    full = _quantize_per_token(net / ONNX_FILE, tmp_path / "all.onnx")["quantised_matmuls"]
+    assert _quantize_per_token(net / ONNX_FILE, tmp_path / "k.onnx",
+                               keep_fp32=("/intermediate/dense/",))["quantised_matmuls"] < full
+
+
 def test_int8_scheme_option(ensemble, tmp_path):
     from emitlab.errors import SettingsError
     from emitlab.onnx_export import quantize_int8

@@ -313,8 +313,47 @@ def quantize_int8(src: Path, dest: Path, scheme: str = DEFAULT_INT8_SCHEME) -> d
     return {"scheme": scheme, "weights": INT8_DESCRIPTIONS[scheme], **counts}
 
 
-def _quantize_per_token(src: Path, dest: Path, keep_fp32: tuple[str, ...] = ()) -> dict:
-    """The ``"per-token"`` scheme of :func:`quantize_int8` as a graph rewrite (standard ONNX ops)."""
+def matmul_input_absmax(graph_path: Path, batches: list[dict]) -> dict[str, "np.ndarray"]:
+    """Per-channel max |x| of the input ``x`` of every MatMul with a constant 2-D weight, over the
+    real tokens (``attention_mask``) of ``batches`` (padded model inputs, e.g. training texts)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    model = onnx.load(str(graph_path))
+    consts = {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 2}
+    names = list(dict.fromkeys(n.input[0] for n in model.graph.node
+                               if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in consts))
+    outputs = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in outputs:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    feeds_names = [i.name for i in sess.get_inputs()]
+    absmax: dict[str, np.ndarray] = {}
+    for batch in batches:
+        values = sess.run(names, {k: np.asarray(batch[k], np.int64) for k in feeds_names})
+        mask = np.asarray(batch["attention_mask"]).astype(bool)
+        for name, v in zip(names, values):
+            m = np.abs(v[mask] if v.ndim == 3 and v.shape[:2] == mask.shape else v.reshape(-1, v.shape[-1])).max(0)
+            absmax[name] = np.maximum(absmax[name], m) if name in absmax else m
+    return absmax
+
+
+def _quantize_per_token(src: Path, dest: Path, keep_fp32: tuple[str, ...] = (), asymmetric: bool = False,
+                        smooth: dict[str, "np.ndarray"] | None = None, alpha: float = 0.5) -> dict:
+    """The ``"per-token"`` scheme of :func:`quantize_int8` as a graph rewrite (standard ONNX ops).
+
+    ``keep_fp32``: MatMuls whose node name contains one of these strings stay fp32.
+    ``asymmetric``: activations quantised per token over their own [min, max] (uint8, zero point 0,
+    ``x ~ scale * q + min``; the ``min * colsum(W)`` term is added back in fp32) instead of
+    symmetrically around 0: twice the resolution for one-sided inputs such as GELU outputs.
+    ``smooth``: per-channel max |x| of MatMul inputs (:func:`matmul_input_absmax` on calibration
+    texts): SmoothQuant's migration of activation outliers into the weights, ``x / s`` and
+    ``s * W`` with ``s = absmax(x)**alpha / absmax(W rows)**(1 - alpha)``, before quantising."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -336,12 +375,53 @@ def _quantize_per_token(src: Path, dest: Path, keep_fp32: tuple[str, ...] = ()) 
     shared = [numpy_helper.from_array(np.array(1 / 127, np.float32), "int8_pt/inv127"),
               numpy_helper.from_array(np.array(1e-12, np.float32), "int8_pt/eps"),
               numpy_helper.from_array(np.array(128, np.float32), "int8_pt/f128"),
-              numpy_helper.from_array(np.array(128, np.uint8), "int8_pt/zp128")]
+              numpy_helper.from_array(np.array(128, np.uint8), "int8_pt/zp128"),
+              numpy_helper.from_array(np.array(1 / 255, np.float32), "int8_pt/inv255"),
+              numpy_helper.from_array(np.array(0, np.uint8), "int8_pt/zp0")]
     nodes, n_matmul, n_embed = [], 0, 0
-    for node in graph.node:
+
+    def quantised(node) -> bool:
         w = weight(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if w is not None and w.ndim == 2 and not any(k in node.name for k in keep_fp32):
+        return w is not None and w.ndim == 2 and not any(k in node.name for k in keep_fp32)
+
+    smooth_scale: dict[str, np.ndarray] = {}
+    if smooth:
+        wmax: dict[str, np.ndarray] = {}
+        for node in graph.node:
+            if quantised(node) and node.input[0] in smooth:
+                m = np.abs(weight(node.input[1])).max(1)
+                x = node.input[0]
+                wmax[x] = np.maximum(wmax[x], m) if x in wmax else m
+        for x, m in wmax.items():
+            a = np.maximum(smooth[x].astype(np.float64), 1e-5)
+            smooth_scale[x] = np.clip(a ** alpha / np.maximum(m, 1e-5) ** (1 - alpha), 1e-5, 1e5).astype(np.float32)
+    for node in graph.node:
+        if quantised(node):
+            w = weight(node.input[1])
             x = node.input[0]
+            if x in smooth_scale:
+                w = w * smooth_scale[x][:, None]
+                if x + "/smoothed" not in quantised_inputs and x not in quantised_inputs:
+                    p = f"int8_pt/smooth{len(quantised_inputs)}"
+                    new_inits.append(numpy_helper.from_array(1 / smooth_scale[x], p + "/inv_s"))
+                    nodes.append(helper.make_node("Mul", [x, p + "/inv_s"], [x + "/smoothed"], name=p + "/Mul"))
+                x = x + "/smoothed"
+            if x not in quantised_inputs and asymmetric:
+                p = f"int8_pt/{len(quantised_inputs)}"
+                nodes += [helper.make_node("ReduceMax", [x], [p + "/max"], name=p + "/ReduceMax", axes=[-1],
+                                           keepdims=1),
+                          helper.make_node("ReduceMin", [x], [p + "/min"], name=p + "/ReduceMin", axes=[-1],
+                                           keepdims=1),
+                          helper.make_node("Sub", [p + "/max", p + "/min"], [p + "/range"], name=p + "/Range"),
+                          helper.make_node("Max", [p + "/range", "int8_pt/eps"], [p + "/range_eps"], name=p + "/Max"),
+                          helper.make_node("Mul", [p + "/range_eps", "int8_pt/inv255"], [p + "/scale"],
+                                           name=p + "/Scale"),
+                          helper.make_node("Sub", [x, p + "/min"], [p + "/shifted"], name=p + "/Shift"),
+                          helper.make_node("Div", [p + "/shifted", p + "/scale"], [p + "/scaled"], name=p + "/Div"),
+                          helper.make_node("Round", [p + "/scaled"], [p + "/rounded"], name=p + "/Round"),
+                          helper.make_node("Cast", [p + "/rounded"], [p + "/q"], name=p + "/Cast",
+                                           to=TensorProto.UINT8)]
+                quantised_inputs[x] = (p + "/q", p + "/scale", p + "/min")
             if x not in quantised_inputs:  # the query/key/value MatMuls share theirs: quantise it once
                 p = f"int8_pt/{len(quantised_inputs)}"
                 nodes += [helper.make_node("Abs", [x], [p + "/abs"], name=p + "/Abs"),
@@ -355,8 +435,8 @@ def _quantize_per_token(src: Path, dest: Path, keep_fp32: tuple[str, ...] = ()) 
                           helper.make_node("Add", [p + "/rounded", "int8_pt/f128"], [p + "/shifted"], name=p + "/Add"),
                           helper.make_node("Cast", [p + "/shifted"], [p + "/q"], name=p + "/Cast",
                                            to=TensorProto.UINT8)]
-                quantised_inputs[x] = (p + "/q", p + "/scale")
-            xq, xscale = quantised_inputs[x]
+                quantised_inputs[x] = (p + "/q", p + "/scale", None)
+            xq, xscale, xmin = quantised_inputs[x]
             wscale = np.abs(w).max(0) / 127
             wscale[wscale == 0] = 1.0
             wq = np.clip(np.round(w / wscale), -127, 127).astype(np.int8)
@@ -364,12 +444,17 @@ def _quantize_per_token(src: Path, dest: Path, keep_fp32: tuple[str, ...] = ()) 
             new_inits += [numpy_helper.from_array(wq, b + "/int8"),
                           numpy_helper.from_array(wscale.astype(np.float32), b + "/scale")]
             q, out = node.name or b, node.output[0]
-            nodes += [helper.make_node("MatMulInteger", [xq, b + "/int8", "int8_pt/zp128"],
+            nodes += [helper.make_node("MatMulInteger", [xq, b + "/int8", "int8_pt/zp0" if xmin else "int8_pt/zp128"],
                                        [q + "/int32"], name=q + "/MatMulInteger"),
                       helper.make_node("Cast", [q + "/int32"], [q + "/float"], name=q + "/CastFloat",
                                        to=TensorProto.FLOAT),
                       helper.make_node("Mul", [q + "/float", b + "/scale"], [q + "/wscaled"], name=q + "/MulW"),
-                      helper.make_node("Mul", [q + "/wscaled", xscale], [out], name=q + "/MulX")]
+                      helper.make_node("Mul", [q + "/wscaled", xscale], [q + "/xscaled" if xmin else out],
+                                       name=q + "/MulX")]
+            if xmin:  # x = scale * q + min: add min * (sum over the input dimension of W) back
+                new_inits.append(numpy_helper.from_array(w.sum(0).astype(np.float32), b + "/colsum"))
+                nodes += [helper.make_node("Mul", [xmin, b + "/colsum"], [q + "/offset"], name=q + "/Offset"),
+                          helper.make_node("Add", [q + "/xscaled", q + "/offset"], [out], name=q + "/AddOffset")]
             n_matmul += 1
             if uses[b] == 1:
                 dropped.add(b)
