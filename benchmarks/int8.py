@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -133,9 +134,10 @@ def write_variant(name: str, fp32: Path, dest: Path, calibration: list | None = 
         if name.startswith("per-token-"):  # per-token[-asym][-smooth<alpha>][-keep-<group>]
             from emitlab.onnx_export import _quantize_per_token, matmul_input_absmax
 
-            parts = name.removeprefix("per-token-").split("-keep-")
-            opts = parts[0].split("-")
-            group = parts[1] if len(parts) > 1 else None
+            match = re.fullmatch(r"per-token((?:-asym|-smooth[0-9.]*)*)(?:-keep-(.+))?", name)
+            if match is None:
+                raise SystemExit(f"unknown variant {name!r}")
+            opts, group = match.group(1).split("-")[1:], match.group(2)
             keep = ()
             if group:
                 graph = onnx.load(str(pre), load_external_data=False).graph
