@@ -98,3 +98,33 @@ def test_ray_parquet_input_and_a_bad_row(model, rows, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("emitlab: error: id 0123: empty or missing text"), err[-3:]
     assert not ray.is_initialized()
+
+
+def test_scale_benchmark_runs_both_engines_and_sizes(model, emit_folder, tmp_path):
+    """benchmarks/ray_scale.py on a few rows: both engines' outputs hold every id once and agree;
+    the sizing follows from the measured per-core rate."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("ray_scale", bench / "ray_scale.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.main(["--model", str(model), "--data", str(emit_folder), "--rows", "150", "--files", "3",
+                            "--ray-actors", "2", "--sample-s", "0.2", "--results-dir", str(tmp_path)]) == 0
+    finally:
+        sys.path.remove(str(bench))
+    result = json.loads((tmp_path / "ray_scale.json").read_text())
+    check = result["output_check"]
+    assert check["local_rows"] == check["ray_rows"] == check["local_unique_ids"] == check["ray_unique_ids"] == 150
+    assert check["same_ids"] and check["same_labels"] and check["max_abs_prob_diff"] <= 1e-6
+    for engine in ("local", "ray"):
+        e = result["engines"][engine]
+        assert e["peak_memory_mib"] > 0 and e["texts_per_s"] > 0
+    assert result["engines"]["ray"]["processes_at_peak"] > 1  # raylet, GCS, workers: the whole tree is counted
+    sizing = result["sizing"]
+    rate, need = sizing["per_core_texts_per_s"], 100e6 / 3600  # the stored rate is rounded to 0.01
+    assert sizing["cores"] * rate >= need * 0.999 and (sizing["cores"] - 1) * rate < need * 1.001
+    assert all(n["nodes"] * n["workers_per_node"] >= sizing["cores"] for n in sizing["nodes"])
