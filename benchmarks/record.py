@@ -3,7 +3,8 @@
     python benchmarks/record.py NAME -- emitlab baseline --data ../shared/data/emit --out runs/x
 
 The JSON holds the command, the machine (CPU model, cores, memory, GPU), the date, library
-versions, the git commit of the code and whether its tree had uncommitted changes, the wall time,
+versions, the git commit of the code and whether its tree had uncommitted changes (other records
+under results/ do not count), the wall time,
 the run's settings (its config.json) and its metrics.json (the run folder is read from the
 command's --out). Every record, ``benchmarks/inference.py``'s too, is written by
 :func:`write_result`.
@@ -58,7 +59,7 @@ def write_result(name: str, payload: dict, results_dir: Path | None = None) -> P
 
     payload = {"name": name, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "command": shlex.join([sys.executable, *sys.argv]), "machine": machine(), "versions": versions(),
-               "git": git_info(), **payload}
+               "git": git_info(exclude=("benchmarks/results",)), **payload}
     return atomic_write_json(Path(results_dir or RESULTS) / f"{name}.json", payload)
 
 

@@ -166,6 +166,14 @@ def test_git_info_commit_and_dirty(tmp_path):
     assert git_info(repo) == {"commit": head, "dirty": False}
     (repo / "new.py").write_text("")
     assert git_info(repo) == {"commit": head, "dirty": True}
+    # results written by other benchmarks are not source changes when excluded (from any subfolder)
+    (repo / "new.py").unlink()
+    (repo / "bench" / "results").mkdir(parents=True)
+    (repo / "bench" / "results" / "other.json").write_text("{}")
+    assert git_info(repo)["dirty"] is True
+    assert git_info(repo / "bench", exclude=("bench/results",)) == {"commit": head, "dirty": False}
+    (repo / "bench" / "x.py").write_text("")
+    assert git_info(repo, exclude=("bench/results",))["dirty"] is True
 
 
 def test_git_info_outside_a_checkout_or_without_git(tmp_path, monkeypatch):

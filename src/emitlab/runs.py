@@ -99,10 +99,12 @@ def versions() -> dict[str, str]:
     return out
 
 
-def git_info(path: str | Path | None = None) -> dict[str, Any]:
+def git_info(path: str | Path | None = None, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """The git commit of the checkout holding ``path`` (default: emitlab's own source) and whether
-    its tree differs from that commit (changed, staged or untracked files that are not ignored).
-    ``{"commit": None, "dirty": None}`` outside a checkout or without git; never raises."""
+    its tree differs from that commit (changed, staged or untracked files that are not ignored,
+    outside the folders ``exclude`` names relative to the checkout's root, e.g. where benchmark
+    results are written). ``{"commit": None, "dirty": None}`` outside a checkout or without git;
+    never raises."""
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     info: dict[str, Any] = {"commit": None, "dirty": None}
     try:
@@ -111,8 +113,9 @@ def git_info(path: str | Path | None = None) -> dict[str, Any]:
         if head.returncode != 0:
             return info
         info["commit"] = head.stdout.strip()
-        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain"], capture_output=True, text=True,
-                                timeout=30)
+        pathspec = ["--", ":/", *(f":(top,exclude){e}" for e in exclude)] if exclude else []
+        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", *pathspec], capture_output=True,
+                                text=True, timeout=30)
         if status.returncode == 0:
             info["dirty"] = bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError, ValueError):

@@ -17,8 +17,9 @@ Dynamic micro-batching (:mod:`emitlab.serving.batching`): ``/predict`` validates
 puts them on a queue; one worker thread takes up to ``max_batch_texts`` texts -- whole requests,
 first come first served -- or what has arrived ``max_wait_ms`` after the oldest waiting request
 (it waits for companions only under concurrent load, i.e. when the previous batch took more than
-one request; a lone client's request runs at once), makes ONE ``predict_proba`` + decode over all of them and answers every request with exactly its
-own rows, in order. The endpoint awaits its future, so a waiting request holds no thread. Only
+one request; a lone client's request runs at once), makes ONE ``predict_proba`` + decode over
+all of them and answers every request with exactly its own rows, in order. The endpoint awaits
+its future, so a waiting request holds no thread. Only
 the worker runs the model (torch already uses every core for one batch, and tokenizer/model state
 is never shared between two threads). A request with more than ``max_batch_texts`` texts runs
 alone, unsplit. When a model call fails, the requests of that batch get 500 with a JSON
