@@ -16,7 +16,8 @@ Rules:
 * **No waiting when there is a backlog.** The deadline counts from the oldest request's
   arrival, so requests that queued up while the previous batch ran go at once.
 * **No waiting without load.** The worker waits for companions only while the server is under
-  concurrent load: when the previous batch took more than one request. A lone client (the
+  concurrent load: when the previous batch took more than one request, or several requests are
+  waiting already. A lone client (the
   previous batch was one request) never pays ``max_wait_ms``; its request runs at once. As soon
   as two requests meet in one batch, the next batches wait again.
 * **Errors stay in their batch.** When ``run_batch`` raises (or returns the wrong number of
