@@ -100,6 +100,26 @@ def test_ray_parquet_input_and_a_bad_row(model, rows, tmp_path, capsys):
     assert not ray.is_initialized()
 
 
+def test_one_small_file_is_cut_into_a_block_per_chunk(rows, tmp_path):
+    """Ray reads a few hundred kilobytes as one block, and one block would go to one actor: the
+    input is cut into blocks of at most --chunk-size rows so that every actor gets a share."""
+    from emitlab.ray_predict import _read
+
+    inp = tmp_path / "in.parquet"
+    rows.to_parquet(inp, index=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert ray.data.read_parquet(str(inp)).materialize().num_blocks() == 1  # Ray's own sizing
+        ds = _read(ray, [str(inp)], "parquet", "text", "id", rows_per_block=64)
+        assert sorted(ds.to_pandas()["id"]) == sorted(rows["id"])
+        # batch_size=None: one batch per block
+        sizes = ds.map_batches(lambda b: pd.DataFrame({"rows": [len(b)]}), batch_size=None,
+                               batch_format="pandas").to_pandas()["rows"]
+        assert sizes.sum() == 300 and len(sizes) >= 5 and sizes.max() <= 64
+    finally:
+        ray.shutdown()
+
+
 def test_scale_benchmark_runs_both_engines_and_sizes(model, emit_folder, tmp_path):
     """benchmarks/ray_scale.py on a few rows: both engines' outputs hold every id once and agree;
     the sizing follows from the measured per-core rate."""

@@ -265,19 +265,27 @@ def _user_error(exc: BaseException) -> UserError | None:
     return None
 
 
-def _read(ray, paths: list[str], fmt: str, text_col: str, id_col: str):
+def _read(ray, paths: list[str], fmt: str, text_col: str, id_col: str, rows_per_block: int):
+    """The input as a Ray dataset in blocks of at most ``rows_per_block`` rows.
+
+    Ray sizes read blocks by bytes (at least 1 MiB each): a few megabytes of short texts arrive as
+    one block, however many files hold them, and one block goes to one actor -- the others would
+    sit idle while it classifies every row. Text costs by the row, so the blocks are cut (streaming,
+    no shuffle) to one ``map_batches`` batch each, and every actor gets its share."""
     if fmt == "parquet":
-        return ray.data.read_parquet(paths)
-    if fmt == "csv":
+        ds = ray.data.read_parquet(paths)
+    elif fmt == "csv":
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
         # strings, as the single-process reader keeps them: ids like "0012" stay "0012";
         # quoted newlines are common in social-media text
-        return ray.data.read_csv(paths, convert_options=pacsv.ConvertOptions(
+        ds = ray.data.read_csv(paths, convert_options=pacsv.ConvertOptions(
             column_types={id_col: pa.string(), text_col: pa.string()}),
             parse_options=pacsv.ParseOptions(newlines_in_values=True))
-    return ray.data.read_json(paths)
+    else:
+        ds = ray.data.read_json(paths)
+    return ds.repartition(target_num_rows_per_block=rows_per_block)
 
 
 def ray_predict(model: str | Path, inputs: Sequence[str], output: str | Path, *, backend: str | None = None,
@@ -334,7 +342,7 @@ def ray_predict(model: str | Path, inputs: Sequence[str], output: str | Path, *,
         ctx.enable_progress_bars = not quiet
         if quiet:  # Ray Data logs each failed task with its traceback; the error is raised below
             ray_data_log.setLevel(logging.CRITICAL)
-        ds = _read(ray, paths, fmt, text_col, id_col)
+        ds = _read(ray, paths, fmt, text_col, id_col, chunk_size)
         out = ds.map_batches(
             EnsemblePredictor,
             fn_constructor_kwargs={"model": str(model), "backend": backend, "text_col": text_col,
