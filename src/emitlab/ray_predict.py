@@ -4,10 +4,11 @@
         --input 's3://bucket/tweets/*.parquet' --output /shared/preds   # a folder of Parquet files
 
 The input files (Parquet, CSV or JSONL; files, folders or globs, all of one format) are read
-with ``ray.data.read_parquet/read_csv/read_json``; ``map_batches`` hands batches of
-``--chunk-size`` rows to a pool of actors (:class:`EnsemblePredictor`), each of which loads the
-whole exported ensemble once (:meth:`EmotionClassifier.from_pretrained`, ONNX fp32 by default,
-``--backend`` overrides) and predicts one batch at a time; the result is written with
+with ``ray.data.read_parquet/read_csv/read_json`` and cut into blocks of at most ``--chunk-size``
+rows (streaming); ``map_batches`` hands each block to one of a pool of actors
+(:class:`EnsemblePredictor`), each of which loads the whole exported ensemble once
+(:meth:`EmotionClassifier.from_pretrained`, ONNX fp32 by default, ``--backend`` overrides) and
+predicts one batch at a time; the result is written with
 ``write_parquet`` to the output folder: ``id``, ``p_<Label>`` per label (rounded to 6 decimals
 as in every emitlab output), one 0/1 column per label and ``labels`` (joined by ``;``). Rows are
 not in input order: sort by ``id``. ``_emitlab_predict.json`` in the folder records the job
