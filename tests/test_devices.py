@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from emitlab.devices import model_device, pick_device, precision_flags
+from emitlab.cli import main
+from emitlab.devices import check_processes_fit_devices, model_device, pick_device, precision_flags
+from emitlab.errors import SettingsError
 from emitlab.members.transformer import TorchBackend
 
 from conftest import TINY_TRAIN
@@ -33,6 +35,30 @@ def test_precision_flags(monkeypatch):
     assert precision_flags("auto", "cuda") == {"bf16": False, "fp16": True}
     assert precision_flags("bf16", "cpu") == {"bf16": False, "fp16": False}  # only CUDA gets mixed precision
     assert precision_flags("fp32", "cuda") == {"bf16": False, "fp16": False}
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """NCCL puts one rank on one GPU: two processes on a one-GPU machine fail early, by name,
+    instead of NCCL's "invalid usage" mid-setup; CPU processes (gloo) and one process pass."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(SettingsError, match=r"2 processes on this machine but 1 CUDA device.*--device cpu"):
+        check_processes_fit_devices("cuda")
+    check_processes_fit_devices("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    check_processes_fit_devices("cuda")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    check_processes_fit_devices("cuda")
+
+
+def test_train_refuses_more_processes_than_gpus(tiny_model, emit_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    code = main(["-q", "train", "--data", str(emit_folder), "--model", str(tiny_model), "--out",
+                 str(tmp_path / "run"), "--device", "cuda"] + TINY_TRAIN)
+    err = capsys.readouterr().err
+    assert code == 2 and "emitlab: error: 2 processes on this machine but 1 CUDA device(s)" in err
+    assert "Loading weights" not in err  # refused before any model is loaded
 
 
 def test_predictor_keeps_the_training_device():

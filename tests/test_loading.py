@@ -132,6 +132,28 @@ def test_nul_byte_in_a_quoted_text_and_in_jsonl(tmp_path):
         load_table(j)
 
 
+def test_nul_byte_found_where_pandas_cuts_the_value(tmp_path, monkeypatch):
+    """pandas 3.0.x's CSV parser ends a value at a NUL byte without a word ("ci\\x00ao" -> "ci"),
+    which would let a corrupt row through as a shorter text; the check must not depend on it."""
+    import io
+
+    import pandas as pd
+
+    read_csv = pd.read_csv
+
+    def cutting_read_csv(buf, **kw):  # what pandas 3.0.6 does to a NUL byte
+        text = buf.getvalue()
+        cut = "\n".join(",".join(f.split("\x00")[0] for f in line.split(",")) for line in text.split("\n"))
+        return read_csv(io.StringIO(cut), **kw)
+
+    monkeypatch.setattr(pd, "read_csv", cutting_read_csv)
+    p = _bad_csv(tmp_path, f"{HEADER_A}\na,ciao,1,{LAB}\nb,ci\x00ao,1,{LAB}\n")
+    with pytest.raises(DataError, match=r"bad.csv: row 2, column 'text': NUL byte"):
+        load_table(p, label_cols=TASK_A_LABELS)
+    ok = load_table(_bad_csv(tmp_path, f"{HEADER_A}\na,ciao \ufffe,1,{LAB}\n", "ok.csv"), label_cols=TASK_A_LABELS)
+    assert ok.texts == ["ciao \ufffe"]
+
+
 def test_header_only_training_file_in_an_emit_folder(tmp_path):
     d = write_emit(tmp_path / "emit")
     (d / "emit_train_A.csv").write_text(HEADER_A + "\n", encoding="utf-8")

@@ -357,7 +357,7 @@ def test_killed_job_resumes_without_loss_or_duplicates(model, big_input, referen
     out = tmp_path / "preds.jsonl"
     cmd = [sys.executable, "-m", "emitlab.cli", "-q", "predict", "--model", str(model), "--input", str(path),
            "--output", str(out), "--chunk-size", "50", "--batch-size", "16"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done = 0
     deadline = time.monotonic() + 240

@@ -45,7 +45,8 @@ def test_run_folder_contents(tiny_run):
 
 def test_whole_ensemble_export_reproduces_the_run(tiny_run, emit_folder):
     m = json.loads((tiny_run / "metrics.json").read_text())
-    assert m["export"]["reload_max_abs_diff"] == 0.0
+    # exact on the CPU; on a GPU, kernels may pick other algorithms for other batch shapes
+    assert m["export"]["reload_max_abs_diff"] <= (0.0 if m["export"]["reload_device"] == "cpu" else 1e-5)
     meta = json.loads((tiny_run / "model" / "emitlab.json").read_text())
     assert meta["format_version"] == 2 and meta["model_kind"] == m["best_model"]
     assert {mm["name"] for mm in meta["members"]} == set(m["export"]["members"])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
+
+from .errors import SettingsError
 
 log = logging.getLogger("emitlab")
 
@@ -20,6 +23,28 @@ def pick_device(requested: str = "auto") -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def check_processes_fit_devices(device: str) -> None:
+    """Refuse a multi-process launch with more processes on this machine than CUDA devices.
+
+    ``torchrun`` / ``accelerate launch`` export ``LOCAL_WORLD_SIZE``; each rank takes one GPU, and
+    NCCL will not put two ranks on one GPU (it fails later with an opaque "invalid usage").
+    CPU processes (``--device cpu``: gloo) have no such limit.
+    """
+    if device != "cuda":
+        return
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    except ValueError:
+        return
+    gpus = torch.cuda.device_count()
+    if local > gpus:
+        raise SettingsError(
+            f"{local} processes on this machine but {gpus} CUDA device(s): each process needs its own "
+            f"GPU; launch at most {gpus} (torchrun --nproc_per_node / accelerate launch --num_processes), "
+            "or pass --device cpu to train on CPU processes"
+        )
 
 
 def precision_flags(precision: str, device: str) -> dict[str, bool]:

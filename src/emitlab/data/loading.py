@@ -132,12 +132,26 @@ def _read_frame(raw: bytes | Path, name: str) -> pd.DataFrame:
         if suffix == ".json":
             return pd.DataFrame(json.loads(text))
         _check_csv_header(text, name)
-        # keep ids and texts as strings: ids like "0012" must not become numbers
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+        return _read_csv_text(text)
     except DataError:
         raise
     except (pd.errors.ParserError, json.JSONDecodeError, ValueError) as exc:
         raise DataError(f"{name}: cannot parse ({str(exc).splitlines()[0]})") from None
+
+
+#: stands in for NUL while pandas parses: some pandas releases (3.0.x) cut a value at a NUL byte
+#: silently ("ci\x00ao" -> "ci"), so the byte is swapped out before parsing and back after, for
+#: :func:`_check_no_nul` to find it on every pandas version
+_NUL_MARK = "\ufffe"
+
+
+def _read_csv_text(text: str) -> pd.DataFrame:
+    has_nul = "\x00" in text
+    if has_nul:
+        text = text.replace("\x00", _NUL_MARK)
+    # keep ids and texts as strings: ids like "0012" must not become numbers
+    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+    return df.replace(_NUL_MARK, "\x00", regex=True) if has_nul else df
 
 
 def _check_csv_header(text: str, name: str) -> None:

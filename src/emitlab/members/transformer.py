@@ -21,7 +21,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
-from ..devices import model_device, pick_device, precision_flags
+from ..devices import check_processes_fit_devices, model_device, pick_device, precision_flags
 from ..errors import ModelFormatError, SettingsError
 from ..io import atomic_write_json, to_jsonable
 from ..settings import BACKENDS, TrainConfig
@@ -214,6 +214,7 @@ class TransformerMember:
         train_ds = _to_dataset(predictor, texts, labels)
         eval_ds = _to_dataset(predictor, self.eval_texts, self.eval_labels) if self.eval_texts is not None else None
         device = pick_device(cfg.device)
+        check_processes_fit_devices(device)
         args = _training_arguments(cfg, workdir, self.seed, device, eval_ds is not None, self.select_on_eval)
         callbacks = []
         if self.select_on_eval and cfg.early_stopping_patience > 0:
