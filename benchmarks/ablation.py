@@ -13,7 +13,10 @@ line and seed the runner calls::
         --seed S --no-report --out benchmarks/runs/ablation/<line>-s<seed> <line's flags> <--extra>
 
 A (line, seed) whose ``metrics.json`` exists is skipped and an interrupted one is continued
-(``--resume``), so the runner can be stopped and started again. A flag starting with ``--`` and
+(``--resume``), so the runner can be stopped and started again. A folder made by another
+command, or by the same command when it resolved to other settings (a default or a profile has
+changed since: ``emitlab run --print-config`` shows what it resolves to now), is refused rather
+than mixed in. A flag starting with ``--`` and
 without a space is given as ``--line=--no-freeze-word-embeddings``.
 
 The result, ``benchmarks/results/ablation_task-<T>.json`` (``--name``), holds per line and seed the
@@ -124,14 +127,31 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def conflict(entry: dict[str, Any]) -> str | None:
-    """Why an existing run folder does not belong to this plan (made with other folds, task,
-    data, flags ...), or None: compares the command line its config.json recorded."""
+    """Why an existing run folder does not belong to this plan, or None. Compares the command
+    line its config.json recorded (other folds, task, data, flags ...), then its resolved
+    settings with what the planned command resolves to now (``--print-config``): the same
+    command means other settings when a default or a profile changed since the run was made."""
     config = entry["folder"] / "config.json"
     if not config.is_file():
         return None
-    before = [a for a in json.loads(config.read_text()).get("command", [])[1:] if a != "--resume"]
+    saved = json.loads(config.read_text())
+    before = [a for a in saved.get("command", [])[1:] if a != "--resume"]
     planned = entry["command"][3:]  # after "python -m emitlab.cli", as sys.argv[1:] of the run
-    return None if before == planned else f"made by `emitlab {shlex.join(before)}`"
+    if before != planned:
+        return f"made by `emitlab {shlex.join(before)}`"
+    now = planned_settings(entry["command"])
+    changed = [f"{sec}.{key} {saved.get(sec, {}).get(key)!r} (now {value!r})"
+               for sec, values in now.items() for key, value in values.items()
+               if saved.get(sec, {}).get(key) != value]
+    return f"made with other settings: {', '.join(changed[:4])}" if changed else None
+
+
+def planned_settings(command: list[str]) -> dict[str, dict[str, Any]]:
+    """The settings ``command`` (an ``emitlab run``) resolves to, without running it."""
+    done = subprocess.run([*command, "--print-config"], cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"ablation: `{shlex.join(command)} --print-config` failed:\n{done.stderr.strip()}")
+    return json.loads(done.stdout)
 
 
 def run_one(entry: dict[str, Any]) -> bool:

@@ -187,6 +187,27 @@ def test_good_config_file_values_are_used(emit_folder, tmp_path):
     assert saved["train"]["epochs"] == 2.0 and saved["tfidf"]["C"] == 2.0 and saved["run"]["folds"] == 1
 
 
+def test_print_config_shows_the_resolved_settings_and_does_nothing_else(emit_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"tfidf": {"C": 2}}))
+    assert main(["run", "--data", str(emit_folder), "--profile", "best", "--config", str(cfg),
+                 "--learning-rate", "3e-5", "--out", str(out), "--print-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["run"]["transformer_folds"] == settings.PROFILES["best"]["run"]["transformer_folds"]
+    assert shown["train"]["epochs"] == settings.PROFILES["best"]["train"]["epochs"]
+    assert shown["tfidf"]["C"] == 2.0 and shown["train"]["learning_rate"] == 3e-5
+    assert list(shown) == [settings.section_name(c) for c in settings.GROUPS]
+    assert not out.exists()  # nothing loaded, trained or written
+    # the same sections as the config.json a real run saves
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out)]) == 0
+    capsys.readouterr()
+    saved = json.loads((out / "config.json").read_text())
+    assert main(["baseline", "--data", str(emit_folder), "--out", str(out), "--print-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == {k: saved[k] for k in shown}
+
+
 def test_settings_module_holds_every_group_and_the_cli_machinery_moved():
     import importlib
     import importlib.util

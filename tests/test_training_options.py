@@ -500,6 +500,13 @@ def test_ablation_runner_dry_run_and_collect(tiny_model, emit_folder, tmp_path, 
     assert ab.main(common + one + ["--collect"]) == 0
     assert ab.main([a if a != "2" else "3" for a in common] + one) == 2
     assert "from another plan" in capsys.readouterr().err
+    # the same command, but the run was made when a default (or a profile) said otherwise
+    config = tmp_path / "runs" / "baseline-s1" / "config.json"
+    saved = json.loads(config.read_text())
+    config.write_text(json.dumps({**saved, "train": {**saved["train"], "epochs": 9.0}}))
+    assert ab.main(common + one + ["--collect"]) == 2
+    assert "made with other settings: train.epochs 9.0 (now 1.0)" in capsys.readouterr().err
+    config.write_text(json.dumps(saved))
     # the statistics, on made-up metrics of 2 lines x 3 seeds
     template = json.loads((tmp_path / "runs" / "baseline-s1" / "metrics.json").read_text())
     scores = {"baseline": [0.50, 0.52, 0.54], "loss-asl": [0.60, 0.61, 0.62]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -36,6 +37,9 @@ def _run_options(p: argparse.ArgumentParser, command: str) -> None:
                    help="Replace an earlier run folder (only one that emitlab made: it holds .emitlab-run).")
     g.add_argument("--config", type=Path, default=None,
                    help="JSON or YAML file with one section per settings group (data:, cleaning:, ...); flags win.")
+    g.add_argument("--print-config", action="store_true",
+                   help="Print the resolved settings (defaults <- profile <- --config <- flags) as the JSON "
+                        "sections of config.json, and exit: nothing is loaded, trained or written.")
 
 
 # --------------------------------------------------------------------------------------
@@ -111,9 +115,10 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace, classes: list[type], command: str, defaults: dict | None = None):
     """Settings (defaults <- command defaults <- profile <- config file <- flags), data and run folder."""
+    from .io import to_jsonable
     from .jobs import load_data
     from .runs import RunDir, default_run_dir
-    from .settings import PROFILES, DataConfig
+    from .settings import PROFILES, DataConfig, section_name
 
     file_data = read_config_file(args.config, classes) if args.config else {}
     profile = vars(args).get("run.profile") or (file_data.get("run") or {}).get("profile") or \
@@ -126,6 +131,9 @@ def _prepare(args: argparse.Namespace, classes: list[type], command: str, defaul
             else:  # e.g. "command" in a run's saved config.json: build_configs ignores it
                 merged[sec] = values
     cfgs = build_configs(args, classes, merged)
+    if getattr(args, "print_config", False):
+        print(json.dumps({section_name(c): to_jsonable(cfgs[c]) for c in classes}, indent=2, ensure_ascii=False))
+        return None
     data = load_data(cfgs[DataConfig])
     resume = getattr(args, "resume", False)
     run = RunDir(args.out or default_run_dir(command), overwrite=args.overwrite, resume=resume)
@@ -145,7 +153,10 @@ def _job(args: argparse.Namespace, command: str, members: list[str] | None, defa
     from .jobs import run_engine, summary_table
     from .settings import RunConfig
 
-    cfgs, data, run = _prepare(args, _job_settings(), command, defaults)
+    prepared = _prepare(args, _job_settings(), command, defaults)
+    if prepared is None:  # --print-config
+        return 0
+    cfgs, data, run = prepared
     run_cfg = cfgs[RunConfig]
     try:
         metrics = run_engine(data, cfgs, run, members or run_cfg.members, resume=getattr(args, "resume", False),
