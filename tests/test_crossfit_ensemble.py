@@ -1,14 +1,19 @@
-"""Cross-fitting and combiners, on small arrays and fake members (no model training)."""
+"""Cross-fitting, combiners and the export of fold folders, on small arrays and fake members (no
+model training)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from emitlab.calibration import fast_macro_f1
-from emitlab.crossfit import crossfit, kfold_plan, split_plan
+from emitlab.crossfit import FOLD_FILE, PREDICTIONS_FILE, crossfit, kfold_plan, split_plan
 from emitlab.ensemble import Stacker, WeightedAverage, combiner_from_dict, nested_score, simplex_grid, tuned_macro_f1
 from emitlab.errors import ModelFormatError
+from emitlab.export import write_export
 from emitlab.settings import CalibrationConfig
 
 
@@ -125,3 +130,51 @@ def test_nested_score_never_scores_rows_the_combiner_was_fitted_on():
 def test_unknown_combiner_is_a_format_error():
     with pytest.raises(ModelFormatError, match="unknown combiner"):
         combiner_from_dict({"kind": "pickle"})
+
+
+class InPlaceSavingMember(RecordingMember):
+    """Saves a weights file the way ``save_pretrained`` does: opened for writing in place."""
+
+    kind = "in-place"
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+
+    def save(self, folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with open(Path(folder) / "weights.bin", "wb") as fh:  # truncates an existing file, same inode
+            fh.write(self.payload)
+        return {"kind": self.kind}
+
+
+def test_refitting_a_fold_never_changes_an_export_that_links_its_files(tmp_path):
+    y = multilabel(60)
+    plan = kfold_plan(y, 2, seed=0)
+    texts = [f"row-{i}" for i in range(60)]
+    cache = tmp_path / "run" / "members" / "m"
+    crossfit("m", lambda i: InPlaceSavingMember(b"first %d" % i), texts, y, list("abcd"), plan, {}, cache=cache)
+    export = write_export(tmp_path / "run" / "model", {"labels": list("abcd")},
+                          {"m": [cache / "fold-0", cache / "fold-1"]}, make_zip=False)
+    linked, source = export / "members/m/fold-0/weights.bin", cache / "fold-0" / "weights.bin"
+    assert linked.stat().st_ino == source.stat().st_ino  # stored once, not copied
+    assert not (export / "members/m/fold-0" / PREDICTIONS_FILE).exists()
+    # the run refits its folds (no --resume) after the export was written: the export keeps its weights
+    crossfit("m", lambda i: InPlaceSavingMember(b"second %d" % i), texts, y, list("abcd"), plan, {}, cache=cache)
+    assert source.read_bytes() == b"second 0"
+    assert linked.read_bytes() == b"first 0"
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_export_copies_where_links_are_refused(tmp_path, monkeypatch):
+    src = tmp_path / "fold"
+    src.mkdir()
+    (src / "w.npy").write_bytes(b"x")
+    (src / FOLD_FILE).write_text('{"spec": {"kind": "tfidf"}}')
+
+    def refuse(*args):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", refuse)
+    export = write_export(tmp_path / "model", {"labels": ["a"]}, {"m": [src]}, make_zip=False)
+    copied = export / "members/m/fold-0/w.npy"
+    assert copied.read_bytes() == b"x" and copied.stat().st_ino != (src / "w.npy").stat().st_ino

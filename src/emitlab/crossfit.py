@@ -109,10 +109,11 @@ def crossfit(
     every set in ``sets``. ``texts`` are the cleaned training texts, ``labels`` their 0/1 matrix.
 
     With ``cache``, each fold model is saved to ``cache/fold-<i>`` with its predictions (the
-    export copies these folders); with ``resume``, a fold already saved there is loaded, not
-    refitted, so an interrupted run continues at the fold it stopped in.
+    export takes these folders; each is written beside and swapped in whole); with ``resume``,
+    a fold already saved there is loaded, not refitted, so an interrupted run continues at the
+    fold it stopped in.
     """
-    from .io import atomic_path, atomic_write_json
+    from .io import atomic_folder, atomic_write_json
     from .members import load_member
 
     texts = list(texts)
@@ -139,11 +140,13 @@ def crossfit(
             record = {"spec": None, "seconds": round(time.time() - t0, 1),
                       "info": {k: v for k, v in (getattr(member, "fit_info", {}) or {}).items()}}
             if folder is not None:
-                record["spec"] = member.save(folder)
-                with atomic_path(folder / PREDICTIONS_FILE) as tmp:
-                    with open(tmp, "wb") as fh:
+                # filled beside and swapped in whole: a fold folder's files are never rewritten in
+                # place, so the export may hard-link them (export.write_export)
+                with atomic_folder(folder) as tmp:
+                    record["spec"] = member.save(tmp)
+                    with open(tmp / PREDICTIONS_FILE, "wb") as fh:
                         np.savez(fh, **preds)
-                atomic_write_json(folder / FOLD_FILE, record)
+                    atomic_write_json(tmp / FOLD_FILE, record)
                 if hasattr(member, "cleanup"):  # e.g. training checkpoints, no longer needed once saved
                     member.cleanup()
         oof_full[held] = preds["heldout"]

@@ -17,6 +17,7 @@ before it is extracted (no absolute paths, no ``..``, bounded uncompressed size)
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import zipfile
@@ -34,9 +35,14 @@ MAX_UNZIPPED_BYTES = 16 * 2**30
 
 def write_export(dest: Path, meta: dict[str, Any], member_folders: dict[str, list[Path]],
                  make_zip: bool = True) -> Path:
-    """Copy each member's fold folders into ``dest/members/<name>/fold-<i>``, write
+    """Put each member's fold folders into ``dest/members/<name>/fold-<i>``, write
     ``emitlab.json`` (with ``format_version``, versions and the members' specs), then rename
-    the finished folder into place and zip it."""
+    the finished folder into place and zip it.
+
+    The fold files are hard-linked where the file system allows it (else copied): a run's
+    weights are then stored once for ``members/`` and ``model/``, not twice. This is safe
+    because nothing rewrites such a file in place: cross-fitting swaps in a whole new fold
+    folder and every later writer (``network.json``, ONNX files) replaces its file."""
     from .crossfit import FOLD_FILE, PREDICTIONS_FILE
     from .io import atomic_path
     from .runs import versions
@@ -50,7 +56,8 @@ def write_export(dest: Path, meta: dict[str, Any], member_folders: dict[str, lis
             folds = []
             for i, src in enumerate(folders):
                 rel = f"members/{name}/fold-{i}"
-                shutil.copytree(src, tmp / rel, ignore=shutil.ignore_patterns(PREDICTIONS_FILE, FOLD_FILE, "work"))
+                shutil.copytree(src, tmp / rel, ignore=shutil.ignore_patterns(PREDICTIONS_FILE, FOLD_FILE, "work"),
+                                copy_function=link_or_copy)
                 spec = json.loads((Path(src) / FOLD_FILE).read_text(encoding="utf-8"))["spec"]
                 folds.append({"path": rel, "spec": spec})
             members.append({"name": name, "kind": folds[0]["spec"]["kind"], "folds": folds})
@@ -70,6 +77,16 @@ def write_export(dest: Path, meta: dict[str, Any], member_folders: dict[str, lis
                     if path.is_file():
                         zf.write(path, path.relative_to(dest).as_posix())
     return dest
+
+
+def link_or_copy(src: str, dst: str) -> str:
+    """``shutil.copytree``'s ``copy_function``: a hard link, or a copy where links are refused
+    (another file system, a file system without links)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
