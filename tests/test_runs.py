@@ -143,6 +143,57 @@ def test_cli_refuses_out_dot_overwrite(emit_folder, tmp_path, monkeypatch, capsy
     assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
 
 
+# ----------------------------------------------------------------------------- disk space
+
+
+def _disk_with(monkeypatch, free: int) -> None:
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=free))
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def test_a_run_that_cannot_fit_on_its_disk_is_refused_before_training(emit_folder, tiny_model, tmp_path,
+                                                                       monkeypatch, capsys):
+    from conftest import TINY_FOLDS, TINY_TRAIN
+
+    _disk_with(monkeypatch, _folder_bytes(tiny_model) * 3)  # 2 fold folders + a zip of 2 need 4 folds' worth
+    out = tmp_path / "run"
+    assert main(["-q", "run", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--no-report"] + TINY_TRAIN + TINY_FOLDS) == 2
+    err = capsys.readouterr().err
+    assert "GiB free on its disk" in err and "2 transformer fold folder(s) to write and model.zip with all 2" in err
+    assert not (out / "members").exists()  # refused before the first member, not at the export
+
+
+def test_checkpoints_that_may_not_fit_are_a_warning(tiny_model, tmp_path, monkeypatch, caplog):
+    import numpy as np
+
+    from emitlab.crossfit import FOLD_FILE, split_plan
+    from emitlab.jobs import check_disk_space
+    from emitlab.settings import TrainConfig
+
+    size = _folder_bytes(tiny_model)
+    run = RunDir(tmp_path / "run")
+    plan = split_plan(np.arange(8), np.arange(8, 10), 10, seed=0)
+    cfg = TrainConfig(model=str(tiny_model))
+    _disk_with(monkeypatch, size * 2 + 1)  # the fold folder and the zip fit; checkpoints may not
+    with caplog.at_level("WARNING", logger="emitlab"):
+        check_disk_space(run, cfg, plan, export=True, resume=False)
+    assert "it may run out of disk" in caplog.text
+    _disk_with(monkeypatch, size * 2 - 1)
+    with pytest.raises(RunFolderError, match="writes about"):
+        check_disk_space(run, cfg, plan, export=True, resume=False)
+    check_disk_space(run, cfg, plan, export=False, resume=False)  # without the zip one fold folder fits
+    done = run / "members" / "transformer" / "fold-0"
+    done.mkdir(parents=True)
+    (done / FOLD_FILE).write_text("{}")
+    check_disk_space(run, cfg, plan, export=True, resume=True)  # resumed: only the zip is still to write
+    run.close()
+
+
 # ----------------------------------------------------------------------------- provenance
 
 

@@ -23,7 +23,7 @@ from .crossfit import CrossFitted, FoldPlan, crossfit, kfold_plan, split_plan
 from .data.cleaning import TextCleaner
 from .data.loading import EmitData, TextDataset, label_warnings, load_emit, load_table
 from .devices import check_processes_fit_devices, pick_device
-from .errors import DataError
+from .errors import DataError, RunFolderError
 from .evaluation import evaluate_decoded, write_submission
 from .labels import labels_for_task
 from .runs import RunDir
@@ -123,6 +123,48 @@ def member_factory(name: str, cfgs: dict, run: RunDir, plan: FoldPlan, texts: li
     raise ValueError(f"unknown member {name!r}")
 
 
+def check_disk_space(run: RunDir, cfg: TrainConfig, plan: FoldPlan, export: bool, resume: bool) -> None:
+    """Refuse a run whose transformer folds cannot fit on the run folder's disk, before minutes
+    of training rather than at the export; warn when only the training checkpoints may not fit.
+
+    A fold folder is about the size of the base model's folder (fp32 weights + tokenizer). Each
+    fold still to train writes one into ``members/`` (the export hard-links it), and ``model.zip``
+    holds every fold once more; while a fold trains, up to ``save_total_limit`` checkpoints of
+    about three times the weights (weights and Adam's two moments) lie in ``work/``. Skipped for a
+    Hub id (its size is not known before the download)."""
+    import shutil
+
+    from .models.transformer import resolve_model_source
+
+    try:
+        source = resolve_model_source(cfg.model)
+    except Exception:  # noqa: BLE001 - the first fold reports a model that cannot load, with its reason
+        return
+    if not Path(source).is_dir():
+        return
+    files = [f for f in Path(source).rglob("*") if f.is_file()]
+    fold_bytes = sum(f.stat().st_size for f in files)
+    weight_bytes = sum(f.stat().st_size for f in files if f.suffix in (".safetensors", ".bin"))
+    from .crossfit import FOLD_FILE
+
+    todo = sum(not (resume and (run / "members" / "transformer" / f"fold-{i}" / FOLD_FILE).is_file())
+               for i in range(plan.k))
+    need = fold_bytes * (todo + (plan.k if export else 0))
+    checkpoints = 3 * weight_bytes * cfg.save_total_limit
+    free = shutil.disk_usage(run.path).free
+    gib = 2**30
+    zipped = f" and model.zip with all {plan.k}" if export else ""
+    detail = f"{todo} transformer fold folder(s) to write{zipped}, about {fold_bytes / gib:.2f} GiB each"
+    if free < need:
+        raise RunFolderError(
+            f"{run.path}: {free / gib:.1f} GiB free on its disk, but this run writes about {need / gib:.1f} GiB "
+            f"({detail}). Free some space, put --out on a larger disk, or use fewer --transformer-folds.")
+    if free < need + checkpoints:
+        log.warning("%s: %.1f GiB free; the run needs about %.1f GiB (%s) plus up to %.1f GiB of training "
+                    "checkpoints while a fold trains (--save-total-limit %d): it may run out of disk",
+                    run.path, free / gib, need / gib, detail, checkpoints / gib, cfg.save_total_limit)
+
+
 # --------------------------------------------------------------------------------------
 # The engine
 
@@ -177,6 +219,9 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     for name, p in plans.items():
         if not np.array_equal(p.rows, rows):  # pragma: no cover - both cover every row or the same split
             raise RuntimeError(f"fold plan {name!r} holds out different rows")
+
+    if "transformer" in members:
+        check_disk_space(run, cfgs[TrainConfig], plans["transformer"], export, resume)
 
     fitted: dict[str, CrossFitted] = {}
     for i, name in enumerate(members, 1):
