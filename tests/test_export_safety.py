@@ -118,3 +118,13 @@ def test_oversized_zip_is_refused(tmp_path):
         zf.writestr("zeros.bin", b"\0" * 2_000_000)  # compresses to a few KB
     with zipfile.ZipFile(big) as zf, pytest.raises(ModelFormatError, match="expands to more than"):
         check_zip(zf, str(big), max_bytes=1_000_000)
+
+
+def test_a_zip_that_cannot_be_extracted_on_its_disk_says_so(tiny_export, tmp_path, monkeypatch, capsys):
+    zipped = Path(shutil.make_archive(str(tmp_path / "model"), "zip", tiny_export))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    _expect_one_line(capsys, zipped, "GiB free; free some space")
+    assert not list(tmp_path.glob("*.unzipped")) and not list(tmp_path.glob(".model.unzipped.tmp-*"))
+    monkeypatch.undo()
+    assert EmotionClassifier.from_pretrained(zipped).predict_proba(["ciao"]).shape[0] == 1

@@ -13,7 +13,7 @@ import pytest
 
 from emitlab import runs
 from emitlab.cli import main
-from emitlab.errors import RunFolderError
+from emitlab.errors import DiskSpaceError, RunFolderError
 from emitlab.runs import MARKER, RunDir, RunExistsError, git_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_checkpoints_that_may_not_fit_are_a_warning(tiny_model, tmp_path, monkey
         check_disk_space(run, cfg, plan, export=True, resume=False)
     assert "it may run out of disk" in caplog.text
     _disk_with(monkeypatch, size * 2 - 1)
-    with pytest.raises(RunFolderError, match="writes about"):
+    with pytest.raises(DiskSpaceError, match="writes about"):
         check_disk_space(run, cfg, plan, export=True, resume=False)
     check_disk_space(run, cfg, plan, export=False, resume=False)  # without the zip one fold folder fits
     done = run / "members" / "transformer" / "fold-0"

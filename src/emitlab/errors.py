@@ -25,3 +25,7 @@ class ModelFormatError(UserError, ValueError):
 
 class RunFolderError(UserError):
     """A run folder that cannot be used (exists, is not an emitlab run, ...)."""
+
+
+class DiskSpaceError(UserError):
+    """Too little free disk for what a command is about to write: says how much it needs."""

@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import ModelFormatError, SettingsError
+from .errors import DiskSpaceError, ModelFormatError, SettingsError
 from .settings import CleaningConfig
 
 META_FILE = "emitlab.json"
@@ -134,8 +134,9 @@ def resolve_export(path: str | Path) -> Path:
     return path
 
 
-def check_zip(zf: zipfile.ZipFile, name: str, max_bytes: int = MAX_UNZIPPED_BYTES) -> None:
-    """Refuse members with absolute paths or ``..`` (zip-slip), links, and over-large totals."""
+def check_zip(zf: zipfile.ZipFile, name: str, max_bytes: int = MAX_UNZIPPED_BYTES) -> int:
+    """Refuse members with absolute paths or ``..`` (zip-slip), links, and over-large totals;
+    returns the total uncompressed size."""
     total = 0
     for info in zf.infolist():
         p = PurePosixPath(info.filename.replace("\\", "/"))
@@ -146,6 +147,7 @@ def check_zip(zf: zipfile.ZipFile, name: str, max_bytes: int = MAX_UNZIPPED_BYTE
         total += info.file_size
         if total > max_bytes:
             raise ModelFormatError(f"{name}: expands to more than {max_bytes / 2**30:.0f} GiB; refusing to extract")
+    return total
 
 
 def _unzip_cached(path: Path) -> Path:
@@ -158,7 +160,12 @@ def _unzip_cached(path: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=path.parent))
     try:
         with zipfile.ZipFile(path) as zf:
-            check_zip(zf, str(path))
+            size = check_zip(zf, str(path))
+            free = shutil.disk_usage(tmp).free
+            if free < size:
+                raise DiskSpaceError(f"{path}: extracting it beside itself needs {size / 2**30:.2f} GiB, its disk has "
+                                     f"{free / 2**30:.2f} GiB free; free some space, or unzip it elsewhere and load "
+                                     "that folder")
             zf.extractall(tmp)
         (tmp / ".source-mtime").write_text(mtime)
         if target.exists():

@@ -23,7 +23,7 @@ from .crossfit import CrossFitted, FoldPlan, crossfit, kfold_plan, split_plan
 from .data.cleaning import TextCleaner
 from .data.loading import EmitData, TextDataset, label_warnings, load_emit, load_table
 from .devices import check_processes_fit_devices, pick_device
-from .errors import DataError, RunFolderError
+from .errors import DataError, DiskSpaceError
 from .evaluation import evaluate_decoded, write_submission
 from .labels import labels_for_task
 from .runs import RunDir
@@ -156,7 +156,7 @@ def check_disk_space(run: RunDir, cfg: TrainConfig, plan: FoldPlan, export: bool
     zipped = f" and model.zip with all {plan.k}" if export else ""
     detail = f"{todo} transformer fold folder(s) to write{zipped}, about {fold_bytes / gib:.2f} GiB each"
     if free < need:
-        raise RunFolderError(
+        raise DiskSpaceError(
             f"{run.path}: {free / gib:.1f} GiB free on its disk, but this run writes about {need / gib:.1f} GiB "
             f"({detail}). Free some space, put --out on a larger disk, or use fewer --transformer-folds.")
     if free < need + checkpoints:
