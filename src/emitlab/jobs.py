@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .crossfit import CrossFitted, FoldPlan, crossfit, kfold_plan, split_plan
+from .crossfit import FOLD_FILE, CrossFitted, FoldPlan, crossfit, kfold_plan, split_plan
 from .data.cleaning import TextCleaner
 from .data.loading import EmitData, TextDataset, label_warnings, load_emit, load_table
 from .devices import check_processes_fit_devices, pick_device
@@ -132,8 +133,6 @@ def check_disk_space(run: RunDir, cfg: TrainConfig, plan: FoldPlan, export: bool
     holds every fold once more; while a fold trains, up to ``save_total_limit`` checkpoints of
     about three times the weights (weights and Adam's two moments) lie in ``work/``. Skipped for a
     Hub id (its size is not known before the download)."""
-    import shutil
-
     from .models.transformer import resolve_model_source
 
     try:
@@ -145,8 +144,6 @@ def check_disk_space(run: RunDir, cfg: TrainConfig, plan: FoldPlan, export: bool
     files = [f for f in Path(source).rglob("*") if f.is_file()]
     fold_bytes = sum(f.stat().st_size for f in files)
     weight_bytes = sum(f.stat().st_size for f in files if f.suffix in (".safetensors", ".bin"))
-    from .crossfit import FOLD_FILE
-
     todo = sum(not (resume and (run / "members" / "transformer" / f"fold-{i}" / FOLD_FILE).is_file())
                for i in range(plan.k))
     need = fold_bytes * (todo + (plan.k if export else 0))
