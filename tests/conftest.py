@@ -9,6 +9,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The extra corpora (MultiEmotions-It, XED) are read from $EMITLAB_EXTRA_DATA, else ../shared/data: tests
+# never pick up the real ones by accident (the out-of-domain proxy would score them in every tiny run);
+# those that want them use the fixtures below.
+os.environ["EMITLAB_EXTRA_DATA"] = str(REPO / "tests" / "no-extra-data-here")
+
 
 def emit_dir() -> Path:
     env = os.environ.get("EMITLAB_DATA")
@@ -21,6 +26,24 @@ def emit_data_dir() -> Path:
     if not (path / "emit_train_A.csv").is_file():
         pytest.skip(f"EMit data not found at {path} (set EMITLAB_DATA to the folder with emit_train_A.csv)")
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_extra_dir() -> Path:
+    """The real extra corpora (../shared/data: multiemotions_it/, xed/); skips when absent."""
+    path = REPO.parent / "shared" / "data"
+    if not (path / "multiemotions_it" / "MultiEmotions-It.tsv").is_file() or not (path / "xed").is_dir():
+        pytest.skip(f"extra corpora not found under {path} (multiemotions_it/, xed/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def extra_folder(tmp_path_factory, emit_folder) -> Path:
+    """Made-up corpora shaped like MultiEmotions-It and XED (tests/synthetic.py), some of whose
+    texts repeat the synthetic EMit folder's test and out-of-domain texts."""
+    from synthetic import write_extra_folder
+
+    return write_extra_folder(tmp_path_factory.mktemp("extra"), emit=emit_folder)
 
 
 @pytest.fixture(scope="session")

@@ -59,3 +59,58 @@ def write_emit_folder(folder: Path, n_train: int = 300, n_test: int = 60) -> Pat
     ids, texts, _, _ = make_rows(n_test, 2, "ood-")
     write_csv(folder / "emit_test_nolabel_out_of_domain.csv", ids, texts)
     return folder
+
+
+#: MultiEmotions-It's header (the real file's columns; its texts are never in this repository).
+MEI_HEADER = ["type", "title", "URL", "comment", "UNRELATED", "NEUT", "POS", "NEG", "GIOIA", "FIDUCIA", "TRISTEZZA",
+              "RABBIA", "PAURA", "DISGUSTO", "SORPRESA", "TREPIDAZIONE", "SARCASM", "EMOTIONS"]
+MEI_LABELS = {"GIOIA": "Joy", "FIDUCIA": "Trust", "TRISTEZZA": "Sadness", "RABBIA": "Anger", "PAURA": "Fear",
+              "DISGUSTO": "Disgust", "SORPRESA": "Surprise", "TREPIDAZIONE": "Anticipation"}
+
+
+def mei_row(text: str, emotions: list[str], columns: set[str]) -> list[str]:
+    """One MultiEmotions-It-shaped row: ``columns`` are the basic-emotion columns set to 1."""
+    basic = [str(int(c in columns)) for c in MEI_HEADER[8:16]]
+    return ["YouTube Ad", "t", "http://x", text, "0", "0", "0", "0", *basic, "0", " - ".join(emotions)]
+
+
+def write_extra_folder(folder: Path, n: int = 90, seed: int = 5, emit: Path | None = None) -> Path:
+    """``multiemotions_it/`` and ``xed/`` shaped like the real corpora, with the synthetic cues; with
+    ``emit``, the first 3 MultiEmotions-It rows repeat texts of that folder's out-of-domain file
+    and the next 2 its test file (with other spacing and case: equal after normalisation)."""
+    import csv
+
+    _, texts, y, _ = make_rows(n, seed, "x")
+    code = {v: k for k, v in MEI_LABELS.items()}
+    rows = []
+    for text, labels in zip(texts, y):
+        names = [TASK_A_LABELS[k] for k in np.flatnonzero(labels)]
+        cols = {code[x] for x in names if x in code}
+        emotions = [x.upper() for x in names if x != "Neutral"]
+        if "Love" in names:  # the corpus' dyad convention: LOVE sets Joy and Trust too
+            cols |= {"GIOIA", "FIDUCIA"}
+        rows.append(mei_row(text, emotions, cols))
+    if emit is not None:
+        import pandas as pd
+
+        ood = pd.read_csv(emit / "emit_test_nolabel_out_of_domain.csv")["text"].tolist()
+        test = pd.read_csv(emit / "emit_test.csv")["text"].tolist()
+        for i, text in enumerate(ood[:3] + test[:2]):
+            rows[i][3] = "  " + text.upper() + " "
+    (folder / "multiemotions_it").mkdir(parents=True, exist_ok=True)
+    with open(folder / "multiemotions_it" / "MultiEmotions-It.tsv", "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t")
+        writer.writerow(MEI_HEADER)
+        writer.writerows(rows)
+    (folder / "xed").mkdir(parents=True, exist_ok=True)
+    codes = {"Anger": 1, "Anticipation": 2, "Disgust": 3, "Fear": 4, "Joy": 5, "Sadness": 6, "Surprise": 7, "Trust": 8}
+    _, texts, y, _ = make_rows(n, seed + 1, "xed")
+    lines, neutral = [], []
+    for text, labels in zip(texts, y):
+        cs = [str(codes[TASK_A_LABELS[k]]) for k in np.flatnonzero(labels) if TASK_A_LABELS[k] in codes]
+        (lines.append(f"{text}\t{', '.join(cs)}") if cs else neutral.append(f"9\t{text}"))
+    lines.insert(3, "a\tb\tc\td\te\tf")  # the alignment metadata lines of the real file: skipped
+    (folder / "xed" / "it-projections.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "xed" / "en-annotated.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "xed" / "neu_en.txt").write_text("\n".join(neutral) + "\n", encoding="utf-8")
+    return folder

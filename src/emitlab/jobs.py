@@ -20,11 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from .crossfit import FOLD_FILE, CrossFitted, FoldPlan, crossfit, kfold_plan, split_plan
+from .crossfit import (
+    FOLD_FILE,
+    CrossFitted,
+    FoldPlan,
+    crossfit,
+    fit_fold,
+    kfold_plan,
+    split_plan,
+    with_extra_rows,
+)
 from .data.cleaning import TextCleaner
+from .data.duplicates import cleaned_key
+from .data.extra import ADAPTERS, PROXY_CORPUS, ExtraCorpus, drop_evaluation_duplicates, extra_data_dir, load_extra
 from .data.loading import EmitData, TextDataset, label_warnings, load_emit, load_table
 from .devices import check_processes_fit_devices, pick_device
-from .errors import DataError, DiskSpaceError
+from .errors import DataError, DiskSpaceError, SettingsError
 from .evaluation import evaluate_decoded, write_submission
 from .labels import labels_for_task
 from .runs import RunDir
@@ -50,7 +61,21 @@ METRICS_SCHEMA = 2
 
 
 def load_data(cfg: DataConfig) -> EmitData:
-    """Load what ``cfg`` points at; a single file becomes an EmitData with train (and test)."""
+    """Load what ``cfg`` points at (a single file becomes an EmitData with train and test), with
+    the ``--extra-data`` corpora and the out-of-domain proxy corpus."""
+    data = _load_task_data(cfg)
+    folder = extra_data_dir(cfg.extra_data_dir)
+    data.extra = [load_extra(spec, folder, data.label_names) for spec in cfg.extra_data]
+    names = [c.name for c in data.extra]
+    if len(set(names)) < len(names):
+        raise SettingsError(f"--extra-data names a corpus twice: {', '.join(cfg.extra_data)}")
+    proxy_file = folder / "multiemotions_it" / "MultiEmotions-It.tsv"
+    if (cfg.ood_proxy == "auto" and data.task == "A" and PROXY_CORPUS not in names and proxy_file.is_file()):
+        data.proxy = ADAPTERS[PROXY_CORPUS](folder)
+    return data
+
+
+def _load_task_data(cfg: DataConfig) -> EmitData:
     source = cfg.data or os.environ.get(DATA_ENV, "")
     if not source:
         raise DataError(f"no data given: pass --data DIR (or a file / hf:<id>) or set ${DATA_ENV}")
@@ -69,10 +94,68 @@ def load_data(cfg: DataConfig) -> EmitData:
     return load_emit(source, cfg.task, cfg.zip_password or None)
 
 
-def fold_plans(data: EmitData, cfgs: dict, run: RunDir, members: list[str]) -> dict[str, FoldPlan]:
+@dataclass
+class TrainingRows:
+    """What the members train on: the task's ``n`` training rows, then the extra corpora's, all
+    cleaned; ``mask`` and ``sample_weight`` are None without extra corpora; ``proxy`` holds the
+    positions (>= n) of the out-of-domain proxy corpus' rows (empty when it does not train)."""
+
+    texts: list[str]
+    labels: np.ndarray
+    n: int
+    mask: np.ndarray | None = None
+    sample_weight: np.ndarray | None = None
+    proxy: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def training_rows(data: EmitData, texts: list[str], cleaner: TextCleaner) -> TrainingRows:
+    """The task's cleaned ``texts`` and labels, then every extra corpus without the texts equal to
+    an evaluation text (``data.extra`` and ``data.proxy`` are replaced by what is kept; the counts
+    go to the log and each corpus' ``dropped``)."""
+    y = data.train.labels
+    evaluation = {name: ds.texts for name, ds in data.prediction_sets.items()}
+
+    def key(text: str) -> str:
+        return cleaned_key(text, cleaner)
+
+    data.extra = [_dedup(c, evaluation, key) for c in data.extra]
+    if data.proxy is not None:
+        data.proxy = _dedup(data.proxy, evaluation, key)
+    if not data.extra:
+        return TrainingRows(texts, y, len(texts))
+    rows, offset, proxy = [texts], len(texts), []
+    for c in data.extra:
+        rows.append(cleaner.clean_many(c.texts))
+        if c.is_proxy:
+            proxy.append(offset + np.arange(len(c)))
+        offset += len(c)
+    ones = np.ones_like(y, dtype=bool)
+    return TrainingRows(
+        texts=[t for block in rows for t in block],
+        labels=np.concatenate([y] + [c.labels for c in data.extra]),
+        n=len(texts),
+        mask=np.concatenate([ones] + [c.mask for c in data.extra]),
+        sample_weight=np.concatenate([np.ones(len(y))] + [np.full(len(c), c.weight) for c in data.extra]),
+        proxy=np.concatenate(proxy) if proxy else np.zeros(0, dtype=np.int64))
+
+
+def _dedup(corpus: ExtraCorpus, evaluation: dict[str, list[str]], key) -> ExtraCorpus:
+    kept = drop_evaluation_duplicates(corpus, evaluation, key)
+    counts = ", ".join(f"{n} equal to {s} texts" for s, n in kept.dropped.items())
+    log.info("extra corpus %s: %d rows (weight %g)%s%s", kept.name, len(kept), kept.weight,
+             f"; dropped {counts}" if counts else "",
+             f"; masked labels: {', '.join(kept.summary()['masked_labels'])}" if not kept.mask.all() else "")
+    return kept
+
+
+def fold_plans(data: EmitData, cfgs: dict, run: RunDir, members: list[str],
+               train: TrainingRows | None = None) -> dict[str, FoldPlan]:
     """The folds (saved in ``folds.json``): ``"default"`` for the cheap members and, with a
-    transformer member, ``"transformer"`` (its own K, as each fold is a fine-tuning)."""
-    from .data.split import stratified_split
+    transformer member, ``"transformer"`` (its own K, as each fold is a fine-tuning). With extra
+    corpora (``train``), their rows are appended to every plan: they train in every fold, but
+    the proxy corpus' rows get folds of their own (stratified, the same seed and K), so that
+    each gets one out-of-fold prediction (one validation split in the 90/10 mode)."""
+    from .data.split import kfold_indices, stratified_split
 
     run_cfg: RunConfig = cfgs[RunConfig]
     dcfg: DataConfig = cfgs[DataConfig]
@@ -89,6 +172,20 @@ def fold_plans(data: EmitData, cfgs: dict, run: RunDir, members: list[str]) -> d
         if "transformer" in members:
             plans["transformer"] = plans["default"] if k_tr == run_cfg.folds else \
                 kfold_plan(y, k_tr, dcfg.seed, data.train.source)
+    if train is not None and len(train.texts) > n:
+        y_proxy = train.labels[train.proxy]
+        extra_plans: dict[int, FoldPlan] = {}
+        for name, p in plans.items():
+            if p.k not in extra_plans:
+                fold_of = np.full(len(train.texts) - n, -1, dtype=np.int64)
+                if len(train.proxy) and p.k == 1:
+                    _, va = stratified_split(y_proxy, dcfg.val_fraction, dcfg.seed, source=PROXY_CORPUS)
+                    fold_of[train.proxy[va] - n] = 0
+                elif len(train.proxy):
+                    for i, (_, va) in enumerate(kfold_indices(y_proxy, p.k, dcfg.seed, source=PROXY_CORPUS)):
+                        fold_of[train.proxy[va] - n] = i
+                extra_plans[p.k] = with_extra_rows(p, fold_of)
+            plans[name] = extra_plans[p.k]
     run.write_json("folds.json", {"ids": data.train.ids, **{name: p.to_dict() for name, p in plans.items()}})
     return plans
 
@@ -115,6 +212,7 @@ def member_factory(name: str, cfgs: dict, run: RunDir, plan: FoldPlan, texts: li
 
         def make(i: int):
             held = plan.folds[i][1]
+            held = held[held < plan.n]  # the best epoch is chosen on the task's rows, never on an extra corpus
             return TransformerMember(
                 cfgs[TrainConfig], workdir=run / "work" / "transformer" / f"fold-{i}",
                 seed=cfgs[DataConfig].seed + i,
@@ -207,11 +305,13 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     if stats:
         _write_stats(data, run)
     t = time.time()
-    texts = cleaner.clean_many(data.train.texts)
+    train = training_rows(data, cleaner.clean_many(data.train.texts), cleaner)
     set_texts = {name: cleaner.clean_many(ds.texts) for name, ds in sets.items()}
+    if data.proxy is not None:  # zero-shot: every member predicts all of it, as it does the test file
+        set_texts[PROXY_SET] = cleaner.clean_many(data.proxy.texts)
     timings["cleaning"] = time.time() - t
-    y = data.train.labels
-    plans = fold_plans(data, cfgs, run, members)
+    texts, y = train.texts, train.labels
+    plans = fold_plans(data, cfgs, run, members, train)
     rows = plans["default"].rows
     for name, p in plans.items():
         if not np.array_equal(p.rows, rows):  # pragma: no cover - both cover every row or the same split
@@ -227,7 +327,9 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
         t = time.time()
         make = member_factory(name, cfgs, run, plan, texts, y, resume)
         fitted[name] = crossfit(name, make, texts, y, label_names, plan, set_texts,
-                                cache=run / "members" / name, resume=resume)
+                                cache=run / "members" / name, resume=resume, mask=train.mask,
+                                sample_weight=train.sample_weight,
+                                use_extra=name in cfgs[RunConfig].extra_data_members)
         timings[f"member_{name}"] = time.time() - t
 
     log.info("combination: nested choice over %d out-of-fold rows", len(rows))
@@ -238,6 +340,7 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
                                           seed=cfgs[DataConfig].seed)
     timings["combination"] = time.time() - t
 
+    proxy, proxy_probs = _proxy_scoring(data, plans["default"], train)
     scored: dict[str, Scored] = {}
     nested = {c.name: c for c in choice.candidates}
     for name, (comb, report_, out) in all_fitted.items():
@@ -250,13 +353,16 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
         for set_name, ds in sets.items():
             if ds.labels is not None:
                 s.metrics[set_name] = evaluate_decoded(ds.labels, probs[set_name], report_.decoder, label_names)
+        if proxy is not None:
+            probs[PROXY_SET] = comb.combine([proxy_probs(fitted[m]) for m in members])
+            s.metrics[PROXY_SET] = evaluate_decoded(proxy["labels"], probs[PROXY_SET], report_.decoder, label_names)
         scored[name] = s
     best = choice.name
 
     for name, s in scored.items():
         _write_submissions(run, s, sets, data.task, prefix=f"{name}_")
     _write_submissions(run, scored[best], sets, data.task)
-    _save_predictions(run, data, rows, fitted, scored, sets)
+    _save_predictions(run, data, rows, fitted, scored, sets, proxy)
 
     metrics: dict[str, Any] = {
         "schema": METRICS_SCHEMA,
@@ -271,6 +377,11 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
         "best_model": best,
         "ensemble": choice.to_dict(),
     }
+    if data.extra:
+        metrics["extra_data"] = {"corpora": [c.summary() for c in data.extra],
+                                 "members": [m for m in members if m in cfgs[RunConfig].extra_data_members]}
+    if proxy is not None:
+        metrics["ood_proxy"] = {k: v for k, v in proxy.items() if k != "labels"}
     if export:
         t = time.time()
         metrics["export"] = export_run(run, data, cfgs, members, fitted, scored[best], set_texts)
@@ -290,6 +401,30 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     return metrics
 
 
+#: The out-of-domain proxy's key in ``metrics.json`` (per candidate) and ``predictions.npz``.
+PROXY_SET = "ood_proxy"
+
+
+def _proxy_scoring(data: EmitData, plan: FoldPlan, train: TrainingRows):
+    """``(proxy, probs_of)``: what the out-of-domain proxy score is computed on, and how to get a
+    cross-fitted member's probabilities for it; ``(None, None)`` without a proxy corpus.
+
+    Out-of-fold when the proxy corpus trains (its rows held out in the plan, each predicted by fold
+    models that never saw it), zero-shot otherwise (the fold-averaged prediction of all of it)."""
+    if len(train.proxy):
+        held = plan.extra_rows
+        corpus = next(c for c in data.extra if c.is_proxy)
+        info = {"corpus": corpus.name, "mode": "out-of-fold", "n": int(len(held)), "labels": train.labels[held],
+                "dropped_equal_to_evaluation": corpus.dropped}
+        return info, lambda f: f.oof_extra
+    if data.proxy is not None:
+        corpus = data.proxy
+        info = {"corpus": corpus.name, "mode": "zero-shot", "n": len(corpus), "labels": corpus.labels,
+                "dropped_equal_to_evaluation": corpus.dropped}
+        return info, lambda f: f.preds[PROXY_SET]
+    return None, None
+
+
 def _replica_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resume: bool,
                     cleaner: TextCleaner) -> dict:
     """:func:`run_engine` on a rank > 0 of a multi-process launch (``accelerate launch``,
@@ -302,17 +437,18 @@ def _replica_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str],
     the same folds done)."""
     from .crossfit import FOLD_FILE
 
-    texts = cleaner.clean_many(data.train.texts)
-    y = data.train.labels
-    plans = fold_plans(data, cfgs, run, members)  # run.write_json writes nothing on this rank
+    train = training_rows(data, cleaner.clean_many(data.train.texts), cleaner)
+    texts, y = train.texts, train.labels
+    plans = fold_plans(data, cfgs, run, members, train)  # run.write_json writes nothing on this rank
     trained = 0
     if "transformer" in members:
         plan = plans["transformer"]
         make = member_factory("transformer", cfgs, run, plan, texts, y, resume)
+        use_extra = "transformer" in cfgs[RunConfig].extra_data_members
         for i, (tr, _) in enumerate(plan.folds):
             if resume and (run / "members" / "transformer" / f"fold-{i}" / FOLD_FILE).is_file():
                 continue
-            make(i).fit([texts[j] for j in tr], y[tr], data.label_names)
+            fit_fold(make(i), texts, y, data.label_names, tr, plan.n, train.mask, train.sample_weight, use_extra)
             trained += 1
     log.info("rank %d of %d: trained %d transformer fold(s); rank 0 writes the run folder",
              run.rank, run.world_size, trained)
@@ -348,13 +484,18 @@ def _write_submissions(run: RunDir, s: Scored, sets: dict[str, TextDataset], tas
 
 
 def _save_predictions(run: RunDir, data: EmitData, rows: np.ndarray, fitted: dict[str, CrossFitted],
-                      scored: dict[str, Scored], sets: dict[str, TextDataset]) -> None:
+                      scored: dict[str, Scored], sets: dict[str, TextDataset], proxy: dict | None = None) -> None:
     """``predictions.npz``: gold and probabilities of every member and candidate on the
-    out-of-fold rows (``*_validation``) and every prediction set; ``validation_rows`` indexes
-    the training file."""
+    out-of-fold rows (``*_validation``) and every prediction set (and the out-of-domain proxy,
+    ``*_ood_proxy``); ``validation_rows`` indexes the training file."""
     from .io import atomic_path
 
     arrays: dict[str, np.ndarray] = {"y_validation": data.train.labels[rows], "validation_rows": rows}
+    if proxy is not None:
+        arrays[f"y_{PROXY_SET}"] = proxy["labels"]
+        for name, f in fitted.items():
+            if proxy["mode"] == "out-of-fold":
+                arrays[f"member:{name}_{PROXY_SET}"] = f.oof_extra
     for name, ds in sets.items():
         if ds.labels is not None:
             arrays[f"y_{name}"] = ds.labels

@@ -13,7 +13,7 @@ through the same check before any work starts:
 - ``choices``: the allowed values (for a list, of every element; no element twice);
 - ``min`` / ``max``: inclusive bounds, ``gt`` / ``lt``: exclusive ones;
 - ``at_most``: the name of a field of the same group this one may not exceed;
-- ``min_items``: the shortest list;
+- ``min_items``: the shortest list; ``repeat``: a list given one value a flag (``--x a --x b``);
 - ``off``: how the value that turns the option off reads (only for the messages);
 - ``help``, ``flag``: the ``--help`` text and the option name (``--kebab-case`` by default).
 
@@ -259,6 +259,17 @@ class DataConfig(SettingsGroup):
     val_fraction: float = field(default=0.1, metadata={"gt": 0, "lt": 1, "help": (
         "Share of the training data held out for validation (iterative stratification).")})
     seed: int = field(default=42, metadata={"min": 0, "max": 2**32 - 1, "help": "Seed of the split (and of training)."})
+    extra_data: list[str] = field(default_factory=list, metadata={"repeat": True, "metavar": "SPEC", "help": (
+        "Extra labelled corpus that only ever trains (repeatable): NAME[:WEIGHT] with NAME one of multiemotions-it, "
+        "xed-it, xed-en (read from --extra-data-dir), or a CSV/JSONL/Parquet file with a 'text' column and 0/1 "
+        "columns named as the task's labels (labels without a column are masked, not 0). WEIGHT (default 1) "
+        "multiplies its rows in every loss. Texts equal to a test or out-of-domain text are dropped.")})
+    extra_data_dir: str = field(default="", metadata={"help": (
+        "Folder holding multiemotions_it/ and xed/ (default: $EMITLAB_EXTRA_DATA, else ../shared/data).")})
+    ood_proxy: str = field(default="auto", metadata={"choices": ["auto", "none"], "help": (
+        "Score MultiEmotions-It (the domain of EMit's out-of-domain test) as an out-of-domain proxy: out-of-fold "
+        "when it is an --extra-data corpus, else zero-shot (the run's models predicting all of it). auto: on task A "
+        "when its file is in the extra-data folder; none: off.")})
 
 
 @dataclass
@@ -424,6 +435,9 @@ class RunConfig(SettingsGroup):
         "1 = the single 90/10 split of --val-fraction instead.")})
     transformer_folds: int = field(default=3, metadata={"min": 0, "off": "0 = the same as --folds", "help": (
         "K for the transformer (its folds cost a fine-tuning each); 0 = the same as --folds.")})
+    extra_data_members: list[str] = field(default_factory=lambda: list(MEMBERS), metadata={
+        "choices": MEMBERS, "min_items": 1, "help": (
+            "Members that train on the --extra-data rows; the others train on the task's training file alone.")})
     report: bool = field(default=True, metadata={"help": "Write report.html into the run folder."})
 
 

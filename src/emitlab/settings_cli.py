@@ -45,7 +45,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, title: s
         else:
             kwargs["type"] = tp
             kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
-            if is_list:
+            if is_list and f.metadata.get("repeat"):  # --flag a --flag b: one value a flag, all kept
+                kwargs.update(nargs=1, action="extend")
+            elif is_list:
                 kwargs["nargs"] = "+"
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]

@@ -77,6 +77,10 @@ class EmitData:
     test_nolabel: TextDataset | None = None
     ood_nolabel: TextDataset | None = None
     warnings: list[str] = field(default_factory=list)
+    #: extra labelled corpora that only train (:mod:`emitlab.data.extra`), after ``--extra-data``
+    extra: list = field(default_factory=list)
+    #: the out-of-domain proxy corpus when it is not one of ``extra``: scored zero-shot
+    proxy: object | None = None
 
     @property
     def prediction_sets(self) -> dict[str, TextDataset]:

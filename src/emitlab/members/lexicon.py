@@ -278,7 +278,8 @@ class LexiconMember:
     def _standardised(self, texts: Sequence[str]) -> np.ndarray:
         return (self.features.transform(list(texts)) - self.mean) / self.std
 
-    def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str]) -> "LexiconMember":
+    def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
+            mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> "LexiconMember":
         texts = list(texts)
         y = check_fit_inputs(texts, labels, label_names)
         F = self.features.transform(texts)
@@ -286,7 +287,8 @@ class LexiconMember:
         std = F.std(axis=0)
         self.std = np.where(std > 1e-12, std, 1.0)
         Z = (F - self.mean) / self.std
-        self.W, self.b = fit_logistic_heads(Z, y, C=self.config.C, class_weight=self.config.class_weight)
+        self.W, self.b = fit_logistic_heads(Z, y, C=self.config.C, class_weight=self.config.class_weight,
+                                            mask=mask, sample_weight=sample_weight)
         self.label_names = list(label_names)
         return self
 

@@ -43,27 +43,51 @@ def check_fit_inputs(texts: Sequence[str], labels: np.ndarray, label_names: Sequ
     return y.astype(np.int64)
 
 
+def check_row_options(n: int, n_labels: int, mask: np.ndarray | None, sample_weight: np.ndarray | None
+                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``mask`` as a bool (n, L) matrix (True: the label is annotated on that row; a label that no
+    row annotates cannot be learnt) and ``sample_weight`` as positive float64 (n,); None stays None."""
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (n, n_labels):
+            raise ValueError(f"mask has shape {mask.shape}, expected ({n}, {n_labels})")
+        if not mask.any(0).all():
+            raise ValueError("the mask leaves a label without any annotated row")
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, dtype=np.float64)
+        if sample_weight.shape != (n,) or not (np.isfinite(sample_weight).all() and (sample_weight > 0).all()):
+            raise ValueError(f"sample_weight must be {n} finite numbers > 0")
+    return mask, sample_weight
+
+
 def fit_logistic_heads(X: Any, Y: np.ndarray, C: float = 1.0, class_weight: str = "balanced",
-                       max_iter: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """One liblinear logistic regression per column of ``Y``; returns ``(W, b)`` as float64."""
+                       max_iter: int = 2000, mask: np.ndarray | None = None,
+                       sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One liblinear logistic regression per column of ``Y``; returns ``(W, b)`` as float64.
+
+    With ``mask`` (bool, like ``Y``), label ``j`` is fitted on the rows where ``mask[:, j]`` only
+    (a masked cell is unknown, not 0); ``sample_weight`` (n,) weighs the rows (extra corpora)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     Y = np.asarray(Y)
     n_labels, n_features = Y.shape[1], X.shape[1]
+    mask, sample_weight = check_row_options(Y.shape[0], n_labels, mask, sample_weight)
     W = np.zeros((n_labels, n_features), dtype=np.float64)
     b = np.zeros(n_labels, dtype=np.float64)
     cw = None if class_weight == "none" else class_weight
     for j in range(n_labels):
-        y = Y[:, j]
+        rows = slice(None) if mask is None or mask[:, j].all() else np.flatnonzero(mask[:, j])
+        y = Y[rows, j]
+        w = None if sample_weight is None else sample_weight[rows]
         if y.min() == y.max():
-            rate = float(np.clip(y.mean(), EPS, 1 - EPS))
+            rate = float(np.clip(np.average(y, weights=w), EPS, 1 - EPS))
             b[j] = np.log(rate / (1 - rate))
             continue
         clf = LogisticRegression(C=C, class_weight=cw, solver="liblinear", max_iter=max_iter, random_state=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(X, y)
+            clf.fit(X[rows], y, sample_weight=w)
         W[j] = clf.coef_[0]
         b[j] = clf.intercept_[0]
     return W, b

@@ -77,7 +77,8 @@ class TfidfMember:
         texts = list(texts)
         return sparse.hstack([self.vectorizers[a].transform(texts) for a in ANALYZERS], format="csr")
 
-    def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str]) -> "TfidfMember":
+    def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
+            mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> "TfidfMember":
         texts = list(texts)
         y = check_fit_inputs(texts, labels, label_names)
         self.vectorizers = {}
@@ -88,7 +89,8 @@ class TfidfMember:
             vars(vec).pop("stop_words_", None)  # the terms cut by max_features/min_df: unused, can be huge
             self.vectorizers[a] = vec
         X = sparse.hstack(blocks, format="csr")
-        self.W, self.b = fit_logistic_heads(X, y, C=self.config.C, class_weight=self.config.class_weight)
+        self.W, self.b = fit_logistic_heads(X, y, C=self.config.C, class_weight=self.config.class_weight,
+                                            mask=mask, sample_weight=sample_weight)
         self.label_names = list(label_names)
         return self
 

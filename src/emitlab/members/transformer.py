@@ -178,10 +178,15 @@ class TransformerMember:
 
     # ---- training
 
-    def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str]) -> "TransformerMember":
+    def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
+            mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> "TransformerMember":
+        """Fine-tune on ``texts``; with ``mask``/``sample_weight`` (extra corpora) every cell of the
+        loss is weighted by its row's weight and 0 where its label is masked
+        (:func:`~emitlab.models.losses.cell_weights`), and the bias and ``pos_weight`` come from the
+        annotated cells."""
         from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
-        from ..models.losses import build_loss
+        from ..models.losses import build_loss, cell_weights
         from ..models.transformer import (
             EmotionTrainer,
             WeightAverage,
@@ -205,13 +210,14 @@ class TransformerMember:
             raise SettingsError(f"--model (train.model) {cfg.model!r}: cannot load its tokenizer "
                                 f"({_first_line(exc)})") from exc
         prefix = default_prefix(source) if cfg.input_prefix == "auto" else cfg.input_prefix
-        model = build_model(source, len(label_names), cfg, labels)
+        model = build_model(source, len(label_names), cfg, labels, mask, sample_weight)
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_total = sum(p.numel() for p in model.parameters())
         log.info("model %s: %.1f M parameters, %.1f M trained; input prefix %r", cfg.model, n_total / 1e6,
                  n_trainable / 1e6, prefix)
         predictor = EncoderPredictor(tokenizer, None, prefix, cfg.max_length)  # type: ignore[arg-type]
-        train_ds = _to_dataset(predictor, texts, labels)
+        weights = None if mask is None and sample_weight is None else cell_weights(labels, mask, sample_weight)
+        train_ds = _to_dataset(predictor, texts, labels, weights)
         eval_ds = _to_dataset(predictor, self.eval_texts, self.eval_labels) if self.eval_texts is not None else None
         device = pick_device(cfg.device)
         check_processes_fit_devices(device)
@@ -224,7 +230,7 @@ class TransformerMember:
             callbacks.append(crash)
         loss_fn = build_loss(cfg.loss, labels, cfg.pos_weight, cfg.focal_gamma,
                              cfg.focal_alpha if cfg.focal_alpha > 0 else None,
-                             cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip)
+                             cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip, mask, sample_weight)
         average = WeightAverage(cfg.ema_decay) if cfg.ema_decay > 0 else None
         _log_options(cfg)
         trainer = EmotionTrainer(
@@ -328,13 +334,20 @@ class TransformerMember:
 # Training internals
 
 
-def _to_dataset(predictor: EncoderPredictor, texts: Sequence[str], labels: np.ndarray | None):
+def _to_dataset(predictor: EncoderPredictor, texts: Sequence[str], labels: np.ndarray | None,
+                weights: np.ndarray | None = None):
+    """Token ids, ``labels`` and, with ``weights`` (n, L), the column :data:`LABEL_WEIGHTS` that
+    :class:`~emitlab.models.transformer.EmotionTrainer` hands to the loss."""
     from datasets import Dataset
+
+    from ..models.transformer import LABEL_WEIGHTS
 
     enc = predictor.encode(list(texts))
     columns = {k: enc[k] for k in enc.keys() if k in MODEL_INPUTS}
     if labels is not None:
         columns["labels"] = np.asarray(labels).astype(np.float32).tolist()
+    if weights is not None:
+        columns[LABEL_WEIGHTS] = np.asarray(weights).astype(np.float32).tolist()
     return Dataset.from_dict(columns)
 
 
@@ -422,6 +435,7 @@ def _training_arguments(cfg: TrainConfig, workdir: Path, seed: int, device: str,
         data_seed=seed,
         use_cpu=device == "cpu",
         label_names=["labels"],
+        remove_unused_columns=False,  # the datasets hold model inputs, labels and the loss weights only
         dataloader_pin_memory=device == "cuda",
         **precision_flags(cfg.precision, device),
     )

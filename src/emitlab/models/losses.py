@@ -3,6 +3,11 @@
 Every loss takes logits ``(batch, labels)`` and 0/1 targets of any dtype and device, and is
 computed in float32 whatever the logits' dtype: targets are cast and the weights moved to the
 logits' device inside ``forward``, so mixed precision and GPUs need no care from the caller.
+
+``forward(logits, targets, weights=None)``: ``weights`` (optional, ``(batch, labels)``) multiplies
+each cell's term before the mean: 0 where a row's corpus does not annotate a label (that cell then
+gives no gradient at all), the corpus weight elsewhere (:mod:`emitlab.data.extra`). The label
+statistics (prevalence, ``pos_weight``) take the same mask and row weights.
 """
 
 from __future__ import annotations
@@ -15,27 +20,56 @@ from torch import nn
 POS_WEIGHT_STRATEGIES = ("none", "neg_pos", "sqrt")
 
 
-def label_prevalence(labels: np.ndarray, eps: float = 1e-4) -> np.ndarray:
-    """Share of texts carrying each label, clipped away from 0 and 1."""
-    return np.clip(np.asarray(labels, dtype=np.float64).mean(0), eps, 1 - eps)
+def cell_weights(labels: np.ndarray, mask: np.ndarray | None = None,
+                 sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Each cell's weight: the row's weight (default 1) where the label is annotated, 0 where masked."""
+    y = np.asarray(labels)
+    w = np.ones(y.shape, dtype=np.float64)
+    if sample_weight is not None:
+        w *= np.asarray(sample_weight, dtype=np.float64)[:, None]
+    if mask is not None:
+        w *= np.asarray(mask, dtype=bool)
+    return w
 
 
-def prior_log_odds(labels: np.ndarray) -> np.ndarray:
+def _counts(labels: np.ndarray, mask: np.ndarray | None, sample_weight: np.ndarray | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(weighted positives, weighted annotated rows) per label."""
+    w = cell_weights(labels, mask, sample_weight)
+    return (w * np.asarray(labels, dtype=np.float64)).sum(0), w.sum(0)
+
+
+def label_prevalence(labels: np.ndarray, eps: float = 1e-4, mask: np.ndarray | None = None,
+                     sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Share of texts carrying each label (among those annotating it), clipped away from 0 and 1."""
+    pos, total = _counts(labels, mask, sample_weight)
+    return np.clip(pos / np.maximum(total, 1e-12), eps, 1 - eps)
+
+
+def prior_log_odds(labels: np.ndarray, mask: np.ndarray | None = None,
+                   sample_weight: np.ndarray | None = None) -> np.ndarray:
     """``log(p / (1 - p))`` per label: the classifier bias that predicts each label's prevalence."""
-    p = label_prevalence(labels)
+    p = label_prevalence(labels, mask=mask, sample_weight=sample_weight)
     return np.log(p / (1 - p))
 
 
-def pos_weights(labels: np.ndarray, strategy: str) -> np.ndarray | None:
+def pos_weights(labels: np.ndarray, strategy: str, mask: np.ndarray | None = None,
+                sample_weight: np.ndarray | None = None) -> np.ndarray | None:
     """BCE ``pos_weight`` per label: ``none``, ``neg_pos`` (negatives / positives) or ``sqrt`` of it."""
     if strategy not in POS_WEIGHT_STRATEGIES:
         raise ValueError(f"pos_weight must be one of {POS_WEIGHT_STRATEGIES}, got {strategy!r}")
     if strategy == "none":
         return None
-    y = np.asarray(labels, dtype=np.float64)
-    pos = np.maximum(y.sum(0), 1.0)
-    ratio = (len(y) - y.sum(0)) / pos
+    pos, total = _counts(labels, mask, sample_weight)
+    ratio = (total - pos) / np.maximum(pos, 1.0)
     return np.sqrt(ratio) if strategy == "sqrt" else ratio
+
+
+def weighted_mean(terms: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``terms.mean()``, each cell multiplied by ``weights`` first when given."""
+    if weights is None:
+        return terms.mean()
+    return (terms * weights.to(device=terms.device, dtype=terms.dtype)).mean()
 
 
 class WeightedBCELoss(nn.Module):
@@ -46,11 +80,13 @@ class WeightedBCELoss(nn.Module):
         pw = None if pos_weight is None else torch.as_tensor(np.asarray(pos_weight), dtype=torch.float32)
         self.register_buffer("pos_weight", pw, persistent=False)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+                ) -> torch.Tensor:
         logits = logits.float()
         targets = targets.to(device=logits.device, dtype=logits.dtype)
         pw = None if self.pos_weight is None else self.pos_weight.to(logits.device, logits.dtype)
-        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pw)
+        terms = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pw, reduction="none")
+        return weighted_mean(terms, weights)
 
 
 class FocalLoss(nn.Module):
@@ -73,7 +109,8 @@ class FocalLoss(nn.Module):
         pw = None if pos_weight is None else torch.as_tensor(np.asarray(pos_weight), dtype=torch.float32)
         self.register_buffer("pos_weight", pw, persistent=False)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+                ) -> torch.Tensor:
         logits = logits.float()
         t = targets.to(device=logits.device, dtype=logits.dtype)
         log_p = F.logsigmoid(logits)        # log p      (stable)
@@ -86,7 +123,7 @@ class FocalLoss(nn.Module):
         if self.alpha is not None:
             pos_term = self.alpha * pos_term
             neg_term = (1 - self.alpha) * neg_term
-        return (pos_term + neg_term).mean()
+        return weighted_mean(pos_term + neg_term, weights)
 
 
 def _pow(base: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -121,7 +158,8 @@ class AsymmetricLoss(nn.Module):
         pw = None if pos_weight is None else torch.as_tensor(np.asarray(pos_weight), dtype=torch.float32)
         self.register_buffer("pos_weight", pw, persistent=False)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+                ) -> torch.Tensor:
         logits = logits.float()
         t = targets.to(device=logits.device, dtype=logits.dtype)
         p = torch.sigmoid(logits)
@@ -134,7 +172,7 @@ class AsymmetricLoss(nn.Module):
         neg_term = -(1 - t) * _pow(1 - not_p_m, self.gamma_neg) * log_not_p_m
         if self.pos_weight is not None:
             pos_term = pos_term * self.pos_weight.to(logits.device, logits.dtype)
-        return (pos_term + neg_term).mean()
+        return weighted_mean(pos_term + neg_term, weights)
 
 
 def bernoulli_symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
@@ -153,8 +191,9 @@ LOSSES = ("bce", "focal", "asl")
 
 def build_loss(kind: str, train_labels: np.ndarray, pos_weight: str = "sqrt",
                focal_gamma: float = 2.0, focal_alpha: float | None = None,
-               asl_gamma_neg: float = 4.0, asl_gamma_pos: float = 0.0, asl_clip: float = 0.05) -> nn.Module:
-    pw = pos_weights(train_labels, pos_weight)
+               asl_gamma_neg: float = 4.0, asl_gamma_pos: float = 0.0, asl_clip: float = 0.05,
+               mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> nn.Module:
+    pw = pos_weights(train_labels, pos_weight, mask, sample_weight)
     if kind == "bce":
         return WeightedBCELoss(pw)
     if kind == "focal":

@@ -32,6 +32,8 @@ from ..settings import TrainConfig
 log = logging.getLogger("emitlab")
 
 HEAD_FILE = "classifier.safetensors"
+#: Training-set column of per-cell loss weights (row weight x label mask), when there are extra corpora.
+LABEL_WEIGHTS = "label_weights"
 
 
 # --------------------------------------------------------------------------------------
@@ -136,7 +138,8 @@ def _is_bert_like(source: Path | str) -> bool:
     return True
 
 
-def build_model(source: Path | str, num_labels: int, cfg: TrainConfig, train_labels: np.ndarray | None) -> EmotionModel:
+def build_model(source: Path | str, num_labels: int, cfg: TrainConfig, train_labels: np.ndarray | None,
+                mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> EmotionModel:
     kwargs: dict[str, Any] = {}
     if _is_bert_like(source):
         kwargs["add_pooling_layer"] = cfg.pooling == "cls"
@@ -158,7 +161,7 @@ def build_model(source: Path | str, num_labels: int, cfg: TrainConfig, train_lab
     if cfg.bias_init and train_labels is not None:
         from .losses import prior_log_odds
 
-        model.init_bias(prior_log_odds(train_labels))
+        model.init_bias(prior_log_odds(train_labels, mask, sample_weight))
     if cfg.freeze_word_embeddings:
         model.encoder.get_input_embeddings().weight.requires_grad_(False)
     return model
@@ -358,18 +361,24 @@ class EmotionTrainer(Trainer):
         ``KL_sym = (KL(a || b) + KL(b || a)) / 2`` per label (:func:`bernoulli_symmetric_kl`): the
         paper's sum of the two task losses halved, so this alpha is the paper's alpha / 2."""
         labels = inputs.pop("labels")
+        weights = inputs.pop(LABEL_WEIGHTS, None)  # 0 where a label is masked, the row's weight elsewhere
         if self.rdrop_alpha > 0 and model.training:
             from .losses import bernoulli_symmetric_kl
 
             doubled = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             logits_a, logits_b = model(**doubled)["logits"].chunk(2)
-            loss = 0.5 * (self.loss_fn(logits_a, labels) + self.loss_fn(logits_b, labels)) \
+            loss = 0.5 * (self.task_loss(logits_a, labels, weights) + self.task_loss(logits_b, labels, weights)) \
                 + self.rdrop_alpha * bernoulli_symmetric_kl(logits_a, logits_b)
             outputs = {"logits": logits_a}
         else:
             outputs = model(**inputs)
-            loss = self.loss_fn(outputs["logits"], labels)
+            loss = self.task_loss(outputs["logits"], labels, weights)
         return (loss, outputs) if return_outputs else loss
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """``loss_fn(logits, labels)``, with the cell weights as a third argument when there are some
+        (so a loss module that takes two arguments still works without extra corpora)."""
+        return self.loss_fn(logits, labels) if weights is None else self.loss_fn(logits, labels, weights)
 
     def evaluate(self, *args, **kwargs):
         if self.weight_average is None:
