@@ -31,7 +31,7 @@ from .crossfit import (
     with_extra_rows,
 )
 from .data.cleaning import TextCleaner
-from .data.duplicates import cleaned_key
+from .data.duplicates import loose_key
 from .data.extra import ADAPTERS, PROXY_CORPUS, ExtraCorpus, drop_evaluation_duplicates, extra_data_dir, load_extra
 from .data.loading import EmitData, TextDataset, label_warnings, load_emit, load_table
 from .devices import check_processes_fit_devices, pick_device
@@ -116,7 +116,7 @@ def training_rows(data: EmitData, texts: list[str], cleaner: TextCleaner) -> Tra
     evaluation = {name: ds.texts for name, ds in data.prediction_sets.items()}
 
     def key(text: str) -> str:
-        return cleaned_key(text, cleaner)
+        return loose_key(text, cleaner)
 
     data.extra = [_dedup(c, evaluation, key) for c in data.extra]
     if data.proxy is not None:

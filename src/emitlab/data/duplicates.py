@@ -11,6 +11,7 @@ Nothing is removed: the report says what there is, the user decides.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,11 +20,20 @@ from .loading import EmitData, TextDataset
 
 TEST_SETS = ("test", "test_ood", "test_nolabel", "ood_nolabel")
 LEVELS = ("exact", "cleaned")
+_PUNCT = re.compile(r"[\W_]+")
 
 
 def cleaned_key(text: str, cleaner: TextCleaner) -> str:
     """What ``cleaned`` compares: the cleaned text, lower-cased, runs of whitespace as one space."""
     return " ".join(cleaner(text).casefold().split())
+
+
+def loose_key(text: str, cleaner: TextCleaner) -> str:
+    """:func:`cleaned_key` with punctuation and symbols folded into spaces: "Bellissimo!" and
+    "bellissimo" are one text. What extra training corpora are checked against the evaluation
+    texts with (:func:`emitlab.data.extra.drop_evaluation_duplicates`), where missing a repeat
+    costs more than dropping a near one."""
+    return " ".join(_PUNCT.sub(" ", cleaned_key(text, cleaner)).split())
 
 
 def _short(text: str, width: int = 60) -> str:
