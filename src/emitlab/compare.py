@@ -30,11 +30,12 @@ TRAIN_SETTINGS = {"pooling": "pooling", "loss": "loss", "pos_weight": "pos_weigh
                   "epochs": "epochs", "max_length": "max_length"}
 #: columns dropped when no row has a value
 OPTIONAL = ["best", "members", "combiner", "model_name", *TRAIN_SETTINGS, "weight", "folds", "selection",
-            "nested_macro_f1", "ood_macro_f1"]
+            "nested_macro_f1", "ood_macro_f1", "ood_proxy_macro_f1", "extra_data"]
 SELECTION_SHORT = {"out-of-fold": "oof", "validation split": "split"}
 #: column order (per-label test F1 and time_s follow)
 ORDER = ["run", "model", "best", "members", "combiner", "model_name", *TRAIN_SETTINGS, "weight", "folds", "selection",
-         "calibration", "nested_macro_f1", "val_macro_f1", "test_macro_f1_raw", "test_macro_f1", "ood_macro_f1"]
+         "calibration", "extra_data", "nested_macro_f1", "val_macro_f1", "test_macro_f1_raw", "test_macro_f1",
+         "ood_macro_f1", "ood_proxy_macro_f1"]
 
 
 def _read_json(path: Path) -> dict:
@@ -65,6 +66,8 @@ def _scores(m: dict) -> dict[str, Any]:
                            "test_macro_f1": test.get("macro_f1")}
     if "ood" in m:
         row["ood_macro_f1"] = m["ood"].get("macro_f1")
+    if "ood_proxy" in m:  # MultiEmotions-It, out-of-fold or zero-shot (metrics["ood_proxy"]["mode"])
+        row["ood_proxy_macro_f1"] = m["ood_proxy"].get("macro_f1")
     row |= {f"test_f1_{lab}": v["f1"] for lab, v in test.get("per_label", {}).items()}
     return row
 
@@ -146,6 +149,7 @@ def _rows_schema2(run_dir: Path, metrics: dict, config: dict) -> list[dict[str, 
         row["folds"] = _folds_text(used, info)
         row["selection"] = SELECTION_SHORT.get(selection, selection)
         row["calibration"] = (m.get("calibration") or {}).get("chosen")
+        row["extra_data"] = _extra_text(metrics, used)
         row["nested_macro_f1"] = m.get("nested_macro_f1",
                                        (metrics.get("ensemble") or {}).get("nested_macro_f1", {}).get(name))
         row |= _scores(m)
@@ -157,6 +161,14 @@ def _rows_schema2(run_dir: Path, metrics: dict, config: dict) -> list[dict[str, 
             row["time_s"] = sum(secs) + (timings.get("combination", 0.0) if name not in members else 0.0)
         rows.append(row)
     return rows
+
+
+def _extra_text(metrics: dict, used: list[str]) -> str | None:
+    """``multiemotions-it:1 xed-it:0.5`` for a candidate drawing on a member that trained on extra corpora."""
+    extra = metrics.get("extra_data") or {}
+    if not set(used) & set(extra.get("members") or []):
+        return None
+    return " ".join(f"{c['name']}:{c['weight']:g}" for c in extra.get("corpora") or []) or None
 
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:

@@ -592,12 +592,17 @@ def summary_table(metrics: dict) -> str:
     has_test = any("test" in m for m in metrics["models"].values())
     if has_test:
         table.add_column("test")
+    proxy = metrics.get("ood_proxy")
+    if proxy:
+        table.add_column(f"OOD proxy ({proxy['mode']})")
     table.add_column("decoding")
     for name, m in metrics["models"].items():
         row = [name + (" *" if name == metrics["best_model"] else ""), f"{m.get('nested_macro_f1', float('nan')):.4f}",
                f"{m['validation']['raw']['macro_f1']:.4f} -> {m['validation']['macro_f1']:.4f}"]
         if has_test:
             row.append(f"{m['test']['raw']['macro_f1']:.4f} -> {m['test']['macro_f1']:.4f}" if "test" in m else "-")
+        if proxy:
+            row.append(f"{m[PROXY_SET]['raw']['macro_f1']:.4f} -> {m[PROXY_SET]['macro_f1']:.4f}")
         row.append(m["calibration"]["chosen"])
         table.add_row(*row)
     buf = StringIO()
@@ -605,6 +610,8 @@ def summary_table(metrics: dict) -> str:
     lines = [buf.getvalue().rstrip(),
              "* best nested out-of-fold macro-F1 (combiner and calibration fitted on other folds); "
              "its predictions are the official submissions"]
+    if proxy:
+        lines.append(f"OOD proxy: {proxy['corpus']}, {proxy['n']} rows, {proxy['mode']} (it chooses nothing)")
     comb = metrics["models"][metrics["best_model"]].get("combiner", {})
     if comb.get("kind") == "average":
         lines.append("weights: " + ", ".join(f"{m} {w:.2f}" for m, w in zip(metrics["members"], comb["weights"])))

@@ -123,6 +123,9 @@ class RunData:
         return "out-of-fold" if self.oof else "validation"
 
     def split_name(self, split: str) -> str:
+        if split == "ood_proxy":
+            proxy = self.metrics.get("ood_proxy") or {}
+            return f"OOD proxy ({proxy.get('corpus', '?')}, {proxy.get('mode', '?')})"
         return self.rows_name if split == "validation" else split
 
     @property
@@ -332,7 +335,7 @@ def _is_combination(run: RunData, name: str) -> bool:
 
 
 def section_summary(run: RunData) -> str:
-    sets = [s for s in ("validation", "test", "ood") if any(s in m for m in run.models.values())]
+    sets = [s for s in ("validation", "test", "ood", "ood_proxy") if any(s in m for m in run.models.values())]
     nested = run.nested()
     header = ["model", "kind", "decoding"] + ([run.nested_name] if nested else [])
     if not nested:
@@ -367,6 +370,7 @@ def section_summary(run: RunData) -> str:
         out.append(note("Schema-1 run folder (before cross-fitting): scores are on a single validation split; "
                         "there are no nested out-of-fold scores."))
     out.append(table_html(header, rows, classes))
+    out.append(_extra_data_note(run))
     expl = ("raw@0.5: every label at threshold 0.5. calibrated: thresholds and decoding rules chosen on the "
             f"{run.rows_name} rows, so the calibrated {run.rows_name} score is optimistic. ")
     if nested:
@@ -384,6 +388,27 @@ def section_summary(run: RunData) -> str:
             ["reload check", f"max |Δp| {diff:.1e} on {export.get('reload_checked_on', '?')}"
              if diff is not None else "not checked"]]))
     return "".join(out)
+
+
+def _extra_data_note(run: RunData) -> str:
+    """What the extra corpora and the out-of-domain proxy were (empty when neither)."""
+    parts = []
+    extra = run.metrics.get("extra_data")
+    if extra:
+        corpora = "; ".join(
+            f"{c['name']} ({c['rows']} rows, weight {c['weight']:g}"
+            + (f", masked: {', '.join(c['masked_labels'])}" if c["masked_labels"] else "")
+            + "".join(f", {n} dropped as equal to {s} texts" for s, n in c["dropped_equal_to_evaluation"].items() if n)
+            + ")" for c in extra["corpora"])
+        parts.append(f"Extra training corpora, trained on by {', '.join(extra['members'])} (never held out, never "
+                     f"chosen on): {corpora}.")
+    proxy = run.metrics.get("ood_proxy")
+    if proxy:
+        how = ("each row predicted by fold models that never saw it" if proxy["mode"] == "out-of-fold" else
+               "the run's models, which never trained on it, predicting all of it")
+        parts.append(f"OOD proxy: macro-F1 on {proxy['n']} rows of {proxy['corpus']} (the domain of the out-of-domain "
+                     f"test file), {how}, decoded with each candidate's calibration; it chooses nothing.")
+    return muted(" ".join(parts)) if parts else ""
 
 
 def section_candidates(run: RunData) -> str:

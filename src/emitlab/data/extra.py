@@ -139,15 +139,11 @@ def parse_spec(spec: str) -> tuple[str, float]:
     """``"multiemotions-it:0.5"`` -> ``("multiemotions-it", 0.5)``; no weight means 1."""
     name, weight = spec, 1.0
     head, sep, tail = spec.rpartition(":")
-    if sep and head:
+    if sep:
         try:
-            weight = float(tail)
-        except ValueError:
-            weight = None  # type: ignore[assignment]
-        if weight is not None:
-            name = head
-        else:
-            weight = 1.0
+            name, weight = head, float(tail)
+        except ValueError:  # a colon of a path ("C:/data/x.csv"), not a weight
+            pass
     if not name.strip():
         raise SettingsError(f"--extra-data {spec!r}: no corpus name or file")
     if not np.isfinite(weight) or weight <= 0:

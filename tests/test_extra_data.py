@@ -1,0 +1,302 @@
+"""Extra training corpora (``--extra-data``): the adapters and their label conventions, masked
+labels in every member, folds that keep cross-fitting honest, the out-of-domain proxy score,
+and the errors for a missing or malformed corpus."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emitlab.cli import main
+from emitlab.crossfit import crossfit, kfold_plan, with_extra_rows
+from emitlab.data.cleaning import TextCleaner
+from emitlab.data.duplicates import loose_key
+from emitlab.data.extra import (
+    drop_evaluation_duplicates,
+    load_extra,
+    load_multiemotions_it,
+    parse_spec,
+)
+from emitlab.errors import DataError, SettingsError
+from emitlab.labels import TASK_A_LABELS
+from emitlab.members.linear import fit_logistic_heads
+from emitlab.models.losses import AsymmetricLoss, FocalLoss, WeightedBCELoss, cell_weights, prior_log_odds
+from emitlab.settings import CleaningConfig
+
+from conftest import TINY_FOLDS, TINY_TRAIN
+from synthetic import make_rows, mei_row, write_extra_folder
+
+A = {n: j for j, n in enumerate(TASK_A_LABELS)}
+
+
+def write_mei(folder, rows):
+    import csv
+
+    from synthetic import MEI_HEADER
+
+    (folder / "multiemotions_it").mkdir(parents=True, exist_ok=True)
+    with open(folder / "multiemotions_it" / "MultiEmotions-It.tsv", "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t")
+        w.writerow(MEI_HEADER)
+        w.writerows(rows)
+    return folder
+
+
+# --------------------------------------------------------------------------------------
+# Adapters
+
+
+def test_multiemotions_it_follows_emits_love_convention(tmp_path):
+    write_mei(tmp_path, [
+        mei_row("solo amore", ["LOVE"], {"GIOIA", "FIDUCIA"}),              # the dyad's columns: cleared
+        mei_row("amore e gioia", ["LOVE", "JOY"], {"GIOIA", "FIDUCIA"}),    # joy named on its own: kept
+        mei_row("amore nostalgico", ["LOVE", "SENTIMENTALITY"], {"GIOIA", "FIDUCIA", "TRISTEZZA"}),  # trust+sadness
+        mei_row("che rabbia", ["ANGER"], {"RABBIA"}),
+        mei_row("niente", [], set()),                                       # no emotion: Neutral
+        mei_row("delusione", ["DISAPPOINTMENT"], {"SORPRESA", "TRISTEZZA"}),  # a dyad without Love: as annotated
+    ])
+    c = load_multiemotions_it(tmp_path)
+    names = [{TASK_A_LABELS[j] for j in np.flatnonzero(row)} for row in c.labels]
+    assert names == [{"Love"}, {"Love", "Joy"}, {"Love", "Trust", "Sadness"}, {"Anger"}, {"Neutral"},
+                     {"Surprise", "Sadness"}]
+    assert c.mask.all() and c.is_proxy and c.summary()["masked_labels"] == []
+
+
+def test_synthetic_corpora_map_back_to_their_labels(tmp_path):
+    folder = write_extra_folder(tmp_path, n=40, seed=5)
+    _, texts, y, _ = make_rows(40, 5, "x")
+    mei = load_extra("multiemotions-it", folder, TASK_A_LABELS)
+    assert mei.texts == texts and np.array_equal(mei.labels, y) and mei.weight == 1.0
+    xed = load_extra("xed-it:0.5", folder, TASK_A_LABELS)
+    assert xed.weight == 0.5 and xed.skipped_lines == 1  # the alignment-metadata line
+    assert not xed.mask[:, [A["Love"], A["Neutral"]]].any() and xed.mask.sum(1).tolist() == [8] * len(xed)
+    assert xed.summary()["masked_labels"] == ["Love", "Neutral"]
+    assert xed.labels[:, A["Love"]].sum() == 0  # masked cells are never positives
+    en = load_extra("xed-en", folder, TASK_A_LABELS)
+    assert en.summary()["masked_labels"] == ["Love"] and len(en) > len(xed)
+    neutral = en.labels[:, A["Neutral"]] == 1
+    assert neutral.any() and en.labels[neutral].sum() == neutral.sum()  # neutral lines: Neutral alone
+
+
+def test_a_table_annotates_its_label_columns_only(tmp_path):
+    path = tmp_path / "more.csv"
+    path.write_text("text,Fear,Anger\npaura del buio,1,0\nche rabbia,0,1\n", encoding="utf-8")
+    c = load_extra(f"{path}:2", tmp_path, TASK_A_LABELS)
+    assert c.weight == 2.0 and c.name == "more.csv"
+    assert c.summary()["masked_labels"] == [n for n in TASK_A_LABELS if n not in ("Fear", "Anger")]
+    assert c.labels[:, A["Fear"]].tolist() == [1, 0] and c.labels[:, A["Anger"]].tolist() == [0, 1]
+
+
+def test_specs():
+    assert parse_spec("xed-it") == ("xed-it", 1.0)
+    assert parse_spec("multiemotions-it:0.25") == ("multiemotions-it", 0.25)
+    assert parse_spec("C:/data/x.csv") == ("C:/data/x.csv", 1.0)  # a colon that is not a weight
+    for bad in ("xed-it:0", "xed-it:-1", ":2"):
+        with pytest.raises(SettingsError):
+            parse_spec(bad)
+
+
+def test_evaluation_duplicates_are_dropped_and_counted(tmp_path):
+    write_mei(tmp_path, [mei_row("Bellissima!!", [], set()), mei_row("bellissima", [], set()),
+                         mei_row("Che   PAURA", ["FEAR"], {"PAURA"}), mei_row("un testo nuovo", [], set()),
+                         mei_row("!!!", [], set())])
+    c = load_multiemotions_it(tmp_path)
+    cleaner = TextCleaner(CleaningConfig())
+    kept = drop_evaluation_duplicates(c, {"test": ["che paura"], "ood": ["Bellissima", "?"]},
+                                      lambda t: loose_key(t, cleaner))
+    assert kept.texts == ["un testo nuovo", "!!!"] and kept.dropped == {"test": 1, "ood": 2}
+    assert kept.summary()["dropped_equal_to_evaluation"] == {"test": 1, "ood": 2}
+
+
+def test_real_corpora_counts(shared_extra_dir, emit_data_dir):
+    mei = load_extra("multiemotions-it", shared_extra_dir, TASK_A_LABELS)
+    pos = mei.summary()["positives"]
+    assert len(mei) == 3240 and pos["Love"] == 560 and pos["Neutral"] == 470 and pos["Fear"] == 66
+    assert pos["Joy"] < 718 and pos["Trust"] < 1834  # Love's dyad no longer sets both (EMit's convention)
+    xed = load_extra("xed-it", shared_extra_dir, TASK_A_LABELS)
+    assert len(xed) == 6550 and xed.skipped_lines == 363
+    import pandas as pd
+
+    ood = pd.read_csv(emit_data_dir / "emit_test_nolabel_out_of_domain.csv")["text"].tolist()
+    test = pd.read_csv(emit_data_dir / "emit_test.csv")["text"].tolist()
+    cleaner = TextCleaner(CleaningConfig())
+    kept = drop_evaluation_duplicates(mei, {"test": test, "ood": ood}, lambda t: loose_key(t, cleaner))
+    assert kept.dropped == {"test": 0, "ood": 24} and len(kept) == 3240 - 24
+
+
+# --------------------------------------------------------------------------------------
+# Masks in the members
+
+
+@pytest.mark.parametrize("loss", [WeightedBCELoss(torch.tensor([2.0, 1.0, 3.0])), FocalLoss(2.0, 0.25),
+                                  AsymmetricLoss()])
+def test_a_masked_label_gets_no_gradient(loss):
+    logits = torch.randn(4, 3, requires_grad=True)
+    targets = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    mask = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]], dtype=bool)
+    weights = torch.as_tensor(cell_weights(targets.numpy(), mask, np.array([1.0, 0.5, 1.0, 2.0])))
+    loss(logits, targets, weights).backward()
+    assert (logits.grad[~torch.as_tensor(mask)] == 0).all() and (logits.grad[torch.as_tensor(mask)] != 0).all()
+    # flipping a masked target changes nothing; with all-ones weights the loss is the plain mean
+    flipped = targets.clone()
+    flipped[1, 1] = 1 - flipped[1, 1]
+    assert torch.equal(loss(logits, flipped, weights), loss(logits, targets, weights))
+    ones = torch.ones(4, 3)
+    assert torch.allclose(loss(logits, targets, ones), loss(logits, targets))
+
+
+def test_masked_statistics():
+    y = np.array([[1, 0], [1, 0], [0, 0], [0, 0]])
+    mask = np.array([[1, 1], [1, 1], [1, 0], [1, 0]], dtype=bool)
+    lo = prior_log_odds(y, mask)  # label 0: 2 of 4; label 1: 0 of the 2 annotated rows
+    assert abs(lo[0]) < 1e-9 and lo[1] < -5
+
+
+def test_linear_heads_fit_each_label_on_its_annotated_rows():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 5))
+    Y = (X[:, :2] > 0).astype(int)
+    mask = np.ones_like(Y, dtype=bool)
+    mask[40:, 1] = False
+    junk = Y.copy()
+    junk[40:, 1] = 1  # whatever sits in a masked cell is ignored
+    W, b = fit_logistic_heads(X, junk, mask=mask)
+    W1, b1 = fit_logistic_heads(X[:40], Y[:40, 1:2])
+    assert np.allclose(W[1], W1[0]) and np.isclose(b[1], b1[0])
+    W2, _ = fit_logistic_heads(X, Y, sample_weight=np.r_[np.ones(40), np.full(40, 3.0)])
+    assert not np.allclose(W2, fit_logistic_heads(X, Y)[0])  # the weights count
+
+
+# --------------------------------------------------------------------------------------
+# Folds
+
+
+class Recorder:
+    """A member that remembers what it trained on; predicts 1 for rows it saw, else 0."""
+
+    kind = "recorder"
+
+    def fit(self, texts, labels, label_names, mask=None, sample_weight=None):
+        self.seen, self.mask, self.weight = set(texts), mask, sample_weight
+        return self
+
+    def predict_proba(self, texts):
+        return np.array([[float(t in self.seen)] * 2 for t in texts])
+
+
+def test_extra_rows_train_everywhere_and_proxy_rows_get_one_out_of_fold_prediction():
+    y = np.eye(2, dtype=int)[np.arange(40) % 2]
+    plan = kfold_plan(y, 4, seed=0)
+    fold_of = np.r_[np.full(10, -1), kfold_plan(y[:12], 4, seed=0).to_dict()["fold_of_row"]]  # 10 + 12 proxy rows
+    full = with_extra_rows(plan, fold_of)
+    for i, (tr, held) in enumerate(full.folds):
+        assert set(range(40, 50)) <= set(tr)                       # plain extra rows: always trained on
+        assert not set(held) & set(range(40, 50))                  # ... never held out
+        assert set(held[held >= 50] - 50) == set(np.flatnonzero(fold_of[10:] == i))
+    assert sorted(full.extra_rows.tolist()) == list(range(50, 62)) and np.array_equal(full.rows, np.arange(40))
+    texts = [f"t{i}" for i in range(62)]
+    labels = np.r_[y, y[:22]]
+    mask = np.ones_like(labels, dtype=bool)
+    mask[40:, 1] = False
+    cf = crossfit("rec", lambda i: Recorder(), texts, labels, ["a", "b"], full, {}, mask=mask,
+                  sample_weight=np.r_[np.ones(40), np.full(22, 0.5)])
+    assert (cf.oof == 0).all() and (cf.oof_extra == 0).all()  # no row predicted by a model that saw it
+    assert cf.oof_extra.shape == (12, 2)
+    assert all(m.mask is not None and m.weight.min() == 0.5 for m in cf.models)
+    alone = crossfit("rec", lambda i: Recorder(), texts, labels, ["a", "b"], full, {}, mask=mask, use_extra=False)
+    assert all(m.mask is None and not any(int(t[1:]) >= 40 for t in m.seen) for m in alone.models)
+    assert full.to_dict()["extra"]["n"] == 22
+
+
+# --------------------------------------------------------------------------------------
+# Runs
+
+
+def test_run_with_extra_data_end_to_end(tiny_model, emit_folder, extra_folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(["-q", "run", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--no-report", "--extra-data", "multiemotions-it", "--extra-data", "xed-it:0.5",
+                 "--extra-data-dir", str(extra_folder)] + TINY_TRAIN + TINY_FOLDS) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    corpora = {c["name"]: c for c in m["extra_data"]["corpora"]}
+    assert corpora["multiemotions-it"]["dropped_equal_to_evaluation"] == {"test": 2, "ood": 3}
+    assert corpora["multiemotions-it"]["rows"] == 85 and corpora["xed-it"]["masked_labels"] == ["Love", "Neutral"]
+    assert m["ood_proxy"]["mode"] == "out-of-fold" and m["ood_proxy"]["n"] == 85
+    assert m["selection"]["n"] == 300  # every choice on the task's own out-of-fold rows
+    for v in m["models"].values():
+        assert 0 <= v["ood_proxy"]["macro_f1"] <= 1
+    folds = json.loads((out / "folds.json").read_text())
+    for plan in ("default", "transformer"):
+        extra = np.array(folds[plan]["extra"]["fold_of_row"])
+        assert len(extra) == 85 + corpora["xed-it"]["rows"]
+        assert (extra[85:] == -1).all() and sorted(set(extra[:85])) == list(range(folds[plan]["k"]))
+    pred = np.load(out / "predictions.npz")
+    assert pred["y_ood_proxy"].shape == (85, 10) and pred["member:transformer_ood_proxy"].shape == (85, 10)
+    # the proxy labels are the corpus' rows held out, in order
+    _, texts, y, _ = make_rows(90, 5, "x")
+    assert np.array_equal(pred["y_ood_proxy"], y[5:])
+
+
+def test_zero_shot_proxy_without_extra_data(emit_folder, extra_folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out), "--no-report",
+                 "--extra-data-dir", str(extra_folder)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["ood_proxy"]["mode"] == "zero-shot" and m["ood_proxy"]["n"] == 85 and "extra_data" not in m
+    assert m["models"]["tfidf"]["ood_proxy"]["macro_f1"] > 0.5  # the synthetic cues transfer
+    out2 = tmp_path / "run2"
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out2), "--no-report",
+                 "--extra-data-dir", str(extra_folder), "--ood-proxy", "none"]) == 0
+    assert "ood_proxy" not in json.loads((out2 / "metrics.json").read_text())
+
+
+def test_extra_rows_change_the_cheap_members(emit_folder, extra_folder, tmp_path):
+    runs = {}
+    for name, flags in (("alone", []), ("mixed", ["--extra-data", "xed-it"]),
+                        ("not-tfidf", ["--extra-data", "xed-it", "--extra-data-members", "lexicon"])):
+        out = tmp_path / name
+        assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out), "--no-report",
+                     "--ood-proxy", "none", "--extra-data-dir", str(extra_folder)] + flags) == 0
+        runs[name] = np.load(out / "predictions.npz")["member:tfidf_validation"]
+    assert not np.array_equal(runs["alone"], runs["mixed"]) and np.array_equal(runs["alone"], runs["not-tfidf"])
+
+
+@pytest.mark.parametrize("case", ["missing", "malformed", "task-b", "twice", "unknown"])
+def test_clear_errors(emit_folder, tmp_path, capsys, case):
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    flags = ["--extra-data", "multiemotions-it"]
+    want = str(folder / "multiemotions_it" / "MultiEmotions-It.tsv")
+    if case == "malformed":
+        write_mei(folder, [mei_row("ok", ["JOY"], {"GIOIA"}), mei_row("bad", ["JOY"], {"GIOIA"})])
+        path = folder / "multiemotions_it" / "MultiEmotions-It.tsv"
+        path.write_text(path.read_text().replace("YouTube Ad\tt\thttp://x\tbad\t0\t0\t0\t0\t1",
+                                                 "YouTube Ad\tt\thttp://x\tbad\t0\t0\t0\t0\tsi"))
+        want = f"{path}: line 3, column 'GIOIA'"
+    elif case == "task-b":
+        write_extra_folder(folder, n=20)
+        flags += ["--task", "B"]
+        want = "annotates EMit task A's emotions"
+    elif case == "twice":
+        write_extra_folder(folder, n=20)
+        flags += ["--extra-data", "multiemotions-it:0.5"]
+        want = "names a corpus twice"
+    elif case == "unknown":
+        flags = ["--extra-data", "goemotions"]
+        want = "not a known corpus (multiemotions-it, xed-it, xed-en)"
+    code = main(["-q", "baseline", "--data", str(emit_folder), "--out", str(tmp_path / "run"),
+                 "--extra-data-dir", str(folder)] + flags)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and want in err, err
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_errors_from_python_are_user_errors(tmp_path):
+    with pytest.raises(DataError, match="missing"):
+        load_extra("xed-it", tmp_path, TASK_A_LABELS)
+    (tmp_path / "x.csv").write_text("text,Other\nciao,1\n")
+    with pytest.raises(DataError, match="no label column"):
+        load_extra(str(tmp_path / "x.csv"), tmp_path, TASK_A_LABELS)
