@@ -400,8 +400,8 @@ def _extra_data_note(run: RunData) -> str:
             + (f", masked: {', '.join(c['masked_labels'])}" if c["masked_labels"] else "")
             + "".join(f", {n} dropped as equal to {s} texts" for s, n in c["dropped_equal_to_evaluation"].items() if n)
             + ")" for c in extra["corpora"])
-        parts.append(f"Extra training corpora, trained on by {', '.join(extra['members'])} (never held out, never "
-                     f"chosen on): {corpora}.")
+        parts.append(f"Extra training corpora, trained on by {', '.join(extra['members'])} (no choice is made on "
+                     f"their rows): {corpora}.")
     proxy = run.metrics.get("ood_proxy")
     if proxy:
         how = ("each row predicted by fold models that never saw it" if proxy["mode"] == "out-of-fold" else
