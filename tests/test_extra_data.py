@@ -300,3 +300,53 @@ def test_errors_from_python_are_user_errors(tmp_path):
     (tmp_path / "x.csv").write_text("text,Other\nciao,1\n")
     with pytest.raises(DataError, match="no label column"):
         load_extra(str(tmp_path / "x.csv"), tmp_path, TASK_A_LABELS)
+
+
+# --------------------------------------------------------------------------------------
+# Rare emotions
+
+
+def test_rare_labels_and_oversampling():
+    from emitlab.data.augment import oversample_index, rare_label_mask
+
+    y = np.zeros((20, 3), dtype=int)
+    y[:, 0] = 1
+    y[0, 1] = 1           # label 1 on 5% of the rows: rare
+    y[1:5, 2] = 1         # label 2 on 20%: not rare
+    rare = rare_label_mask(y, ["a", "b", "c"])
+    assert rare.tolist() == [False, True, False]
+    assert rare_label_mask(y, ["a", "b", "c"], ["c"]).tolist() == [False, False, True]
+    with pytest.raises(SettingsError, match="unknown label"):
+        rare_label_mask(y, ["a", "b", "c"], ["Fear"])
+    idx = oversample_index(y, rare, 3)
+    assert len(idx) == 22 and (idx == 0).sum() == 3 and np.array_equal(idx[:20], np.arange(20))
+    mask = np.ones_like(y, dtype=bool)
+    mask[0, 1] = False  # a masked positive is not a positive
+    assert len(oversample_index(y, rare, 3, mask)) == 20
+    assert np.array_equal(oversample_index(y, rare, 1), np.arange(20))
+
+
+def test_extra_rows_for_some_labels_only(tmp_path):
+    from emitlab.data.extra import restrict_labels
+
+    folder = write_extra_folder(tmp_path, n=40, seed=5)
+    c = load_extra("xed-it", folder, TASK_A_LABELS)
+    keep = np.isin(TASK_A_LABELS, ["Fear", "Anger"])
+    r = restrict_labels(c, keep)
+    assert (r.mask.any(0) == keep).all() and len(r) < len(c)
+    assert r.labels[:, keep].any(1).all()  # every row kept holds one of those labels
+
+
+def test_oversampling_in_the_transformer(tiny_model, emit_folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--no-report", "--ood-proxy", "none", "--oversample-rare", "3", "--rare-labels", "Fear",
+                 *TINY_TRAIN, "--epochs", "1"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    info = m["members"]["transformer"]["training"][0]
+    folds = json.loads((out / "folds.json").read_text())
+    trained = [i for i, f in enumerate(folds["default"]["fold_of_row"]) if f == -1]
+    from emitlab.data.loading import load_emit
+
+    y = load_emit(emit_folder).train.labels[trained]
+    assert info["training_rows"] == len(trained) + 2 * int(y[:, A["Fear"]].sum())

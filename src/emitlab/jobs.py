@@ -30,9 +30,18 @@ from .crossfit import (
     split_plan,
     with_extra_rows,
 )
+from .data.augment import rare_label_mask
 from .data.cleaning import TextCleaner
 from .data.duplicates import loose_key
-from .data.extra import ADAPTERS, PROXY_CORPUS, ExtraCorpus, drop_evaluation_duplicates, extra_data_dir, load_extra
+from .data.extra import (
+    ADAPTERS,
+    PROXY_CORPUS,
+    ExtraCorpus,
+    drop_evaluation_duplicates,
+    extra_data_dir,
+    load_extra,
+    restrict_labels,
+)
 from .data.loading import EmitData, TextDataset, label_warnings, load_emit, load_table
 from .devices import check_processes_fit_devices, pick_device
 from .errors import DataError, DiskSpaceError, SettingsError
@@ -66,6 +75,9 @@ def load_data(cfg: DataConfig) -> EmitData:
     data = _load_task_data(cfg)
     folder = extra_data_dir(cfg.extra_data_dir)
     data.extra = [load_extra(spec, folder, data.label_names) for spec in cfg.extra_data]
+    if cfg.extra_data_labels:
+        keep = rare_label_mask(data.train.labels, data.label_names, cfg.extra_data_labels, what="--extra-data-labels")
+        data.extra = [restrict_labels(c, keep) for c in data.extra]
     names = [c.name for c in data.extra]
     if len(set(names)) < len(names):
         raise SettingsError(f"--extra-data names a corpus twice: {', '.join(cfg.extra_data)}")

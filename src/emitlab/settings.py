@@ -264,6 +264,10 @@ class DataConfig(SettingsGroup):
         "xed-it, xed-en (read from --extra-data-dir), or a CSV/JSONL/Parquet file with a 'text' column and 0/1 "
         "columns named as the task's labels (labels without a column are masked, not 0). WEIGHT (default 1) "
         "multiplies its rows in every loss. Texts equal to a test or out-of-domain text are dropped.")})
+    extra_data_labels: list[str] = field(default_factory=list, metadata={"help": (
+        "Use the extra corpora for these labels only (e.g. the rare ones: Fear Anger Anticipation Surprise): their "
+        "other labels are masked, and their rows with no positive among these are dropped. None given: every label "
+        "a corpus annotates.")})
     extra_data_dir: str = field(default="", metadata={"help": (
         "Folder holding multiemotions_it/ and xed/ (default: $EMITLAB_EXTRA_DATA, else ../shared/data).")})
     ood_proxy: str = field(default="auto", metadata={"choices": ["auto", "none"], "help": (
@@ -363,6 +367,12 @@ class TrainConfig(SettingsGroup):
     batch_size: int = field(default=16, metadata={"min": 1, "help": "Training batch size."})
     group_by_length: bool = field(default=True, metadata={"help": (
         "Batch texts of similar length together (less padding, faster steps; order stays random across batches).")})
+    oversample_rare: int = field(default=1, metadata={"min": 1, "off": "1 = off", "help": (
+        "Repeat each training text that carries a rare label (--rare-labels) this many times per epoch, so batches "
+        "see rare emotions more often; 1 = off.")})
+    rare_labels: list[str] = field(default_factory=list, metadata={"help": (
+        "The rare labels of --oversample-rare; none given: those on fewer than 10%% of the training texts "
+        "(EMit A: Fear, Anger, Sadness, Anticipation, Surprise).")})
     eval_batch_size: int = field(default=64, metadata={"min": 1, "help": "Batch size for evaluation and prediction."})
     learning_rate: float = field(default=1e-4, metadata={"gt": 0, "help": "Peak learning rate of the encoder."})
     head_learning_rate: float = field(default=1e-3, metadata={"gt": 0, "help": (

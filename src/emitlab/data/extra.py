@@ -327,6 +327,16 @@ ADAPTERS: dict[str, Callable[[Path], ExtraCorpus]] = {
 }
 
 
+def restrict_labels(corpus: ExtraCorpus, keep: np.ndarray) -> ExtraCorpus:
+    """``corpus`` used for the labels ``keep`` (bool per label) only: the others masked, and the rows
+    with no positive among them dropped (``--extra-data-labels``, e.g. extra rows for rare emotions)."""
+    keep = np.asarray(keep, dtype=bool)
+    mask = corpus.mask & keep
+    out = corpus.subset((corpus.labels.astype(bool) & mask).any(1))
+    out.mask = mask[(corpus.labels.astype(bool) & mask).any(1)]
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # Evaluation texts
 

@@ -186,6 +186,7 @@ class TransformerMember:
         annotated cells."""
         from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
+        from ..data.augment import oversample_index, rare_label_mask
         from ..models.losses import build_loss, cell_weights
         from ..models.transformer import (
             EmotionTrainer,
@@ -217,7 +218,16 @@ class TransformerMember:
                  n_trainable / 1e6, prefix)
         predictor = EncoderPredictor(tokenizer, None, prefix, cfg.max_length)  # type: ignore[arg-type]
         weights = None if mask is None and sample_weight is None else cell_weights(labels, mask, sample_weight)
-        train_ds = _to_dataset(predictor, texts, labels, weights)
+        index = np.arange(len(texts))
+        if cfg.oversample_rare > 1:
+            rare = rare_label_mask(labels, label_names, cfg.rare_labels, mask)
+            index = oversample_index(labels, rare, cfg.oversample_rare, mask)
+            log.info("oversampling x%d the %d training texts with a rare label (%s)", cfg.oversample_rare,
+                     (len(index) - len(texts)) // (cfg.oversample_rare - 1),
+                     ", ".join(n for n, r in zip(label_names, rare) if r))
+        texts = list(texts)
+        train_ds = _to_dataset(predictor, [texts[i] for i in index], np.asarray(labels)[index],
+                               None if weights is None else weights[index])
         eval_ds = _to_dataset(predictor, self.eval_texts, self.eval_labels) if self.eval_texts is not None else None
         device = pick_device(cfg.device)
         check_processes_fit_devices(device)
@@ -271,6 +281,7 @@ class TransformerMember:
             "trained_parameters": n_trainable,
             "train_seconds": round(train_s, 1),
             "train_examples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
+            "training_rows": len(index),
             "global_steps": trainer.state.global_step,
             "epochs_done": round(float(trainer.state.epoch or 0), 2),
             "best_checkpoint": trainer.state.best_model_checkpoint,
