@@ -33,7 +33,10 @@ def test_precision_flags(monkeypatch):
     assert precision_flags("auto", "cuda") == {"bf16": True, "fp16": False}
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert precision_flags("auto", "cuda") == {"bf16": False, "fp16": True}
-    assert precision_flags("bf16", "cpu") == {"bf16": False, "fp16": False}  # only CUDA gets mixed precision
+    assert precision_flags("auto", "cpu") == {"bf16": False, "fp16": False}  # the CPU: fp32 unless asked
+    assert precision_flags("fp16", "cpu") == {"bf16": False, "fp16": False}  # fp16: CUDA only
+    assert precision_flags("bf16", "cpu") == {"bf16": True, "fp16": False}   # bf16 autocast on the CPU, when asked
+    assert precision_flags("bf16", "mps") == {"bf16": False, "fp16": False}
     assert precision_flags("fp32", "cuda") == {"bf16": False, "fp16": False}
 
 

@@ -180,3 +180,16 @@ def test_resume_skips_checkpoints_that_were_not_completely_written(tmp_path):
     (tmp_path / "checkpoint-20.tmp").mkdir()  # not a checkpoint name
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-20.tmp", "checkpoint-5"]
+
+
+def test_bf16_autocast_on_the_cpu(tiny_model, emit_folder, tmp_path):
+    """``--precision bf16 --device cpu``: the Trainer's CPU autocast trains; the model it keeps, its
+    predictions and the export are float32, and the reload reproduces them."""
+    out = tmp_path / "bf16"
+    assert main(["-q", "train", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--no-report", "--precision", "bf16", "--device", "cpu"] + TRAIN_ARGS) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    info = m["members"]["transformer"]["training"][0]
+    assert info["precision"] == {"bf16": True} and info["device"] == "cpu"
+    assert m["export"]["reload_max_abs_diff"] == 0.0
+    assert m["models"]["transformer"]["validation"]["macro_f1"] > 0.3  # it learnt the synthetic cues
