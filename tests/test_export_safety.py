@@ -128,3 +128,45 @@ def test_a_zip_that_cannot_be_extracted_on_its_disk_says_so(tiny_export, tmp_pat
     assert not list(tmp_path.glob("*.unzipped")) and not list(tmp_path.glob(".model.unzipped.tmp-*"))
     monkeypatch.undo()
     assert EmotionClassifier.from_pretrained(zipped).predict_proba(["ciao"]).shape[0] == 1
+
+
+def _member_files(export: Path) -> list[str]:
+    """Every file of every member fold of an export, relative to it."""
+    return sorted(str(p.relative_to(export)) for p in (export / "members").rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def ensemble_files(tiny_ensemble_export) -> list[str]:
+    return _member_files(tiny_ensemble_export)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied", "deleted"])
+def test_every_damaged_member_file_ends_in_one_line_naming_it(tiny_ensemble_export, ensemble_files, tmp_path,
+                                                             capsys, damage):
+    """Each file of each member fold of a whole-ensemble export (TF-IDF, lexicon, transformer folds), damaged
+    in turn: ``emitlab predict`` exits 2 with one line naming that file (or, for a file that loading never
+    reads, still predicts)."""
+    kinds = {Path(f).parts[1] for f in ensemble_files}
+    assert {"tfidf", "lexicon", "transformer"} <= kinds
+    unread = []
+    for rel in ensemble_files:
+        model = tmp_path / rel.replace("/", "_")
+        shutil.copytree(tiny_ensemble_export, model)
+        path = model / rel
+        if damage == "deleted":
+            path.unlink()
+        else:
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"")
+        code = main(["predict", "--model", str(model), "ciao"])
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        if code == 0:
+            unread.append(rel)
+            continue
+        assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (rel, err)
+        assert Path(rel).name in err, (rel, err)
+        shutil.rmtree(model)
+    # the files loading never reads are the tokenizer's extras, none of the weights or arrays
+    assert not [f for f in unread if f.endswith((".safetensors", ".npy", "network.json", "fold.json",
+                                                   "tokenizer.json"))], unread

@@ -53,16 +53,21 @@ class EmotionClassifier:
             # checked here, before any fold is loaded
             raise SettingsError(f"the {backend} backend runs on CPU with onnxruntime; "
                                 f"device {device!r} needs backend 'torch'")
+        from .members import check_member_files
+
         folder = resolve_export(path)
         meta = read_meta(folder)
-        members = []
-        for m in meta["members"]:
-            folds = []
+        for m in meta["members"]:  # every fold's files first: a damaged one is named before any loading
             for fold in m["folds"]:
                 sub = folder / fold["path"]
                 if not sub.resolve().is_relative_to(folder.resolve()):
                     raise ModelFormatError(f"{folder}: member path {fold['path']!r} leaves the export folder")
-                folds.append(_load_fold(sub, fold["spec"], backend, device))
+                if not sub.is_dir():
+                    raise ModelFormatError(f"{sub}: missing (the export lists it in its {META_FILE})")
+                check_member_files(sub, fold["spec"])
+        members = []
+        for m in meta["members"]:
+            folds = [_load_fold(folder / fold["path"], fold["spec"], backend, device) for fold in m["folds"]]
             for fm in folds:
                 if list(getattr(fm, "label_names", meta["labels"])) != list(meta["labels"]):
                     raise ModelFormatError(f"{folder / m['folds'][0]['path']}: labels {fm.label_names} do not match "
@@ -110,16 +115,16 @@ class EmotionClassifier:
 
 def _load_fold(folder: Path, spec: dict, backend: str, device: str | None):
     """One fold model; anything unreadable in its files becomes a one-line ModelFormatError."""
+    from safetensors import SafetensorError
+
     from .members import load_member
 
-    if not folder.is_dir():
-        raise ModelFormatError(f"{folder}: missing (the export lists it in its {META_FILE})")
     kwargs = {"backend": backend, "device": device} if spec.get("kind") == "transformer" else {}
     try:
         return load_member(folder, spec, **kwargs)
     except (ModelFormatError, SettingsError):
         raise
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as exc:
         # the HF/safetensors loaders raise many kinds of errors for cut or mismatched files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFormatError(f"{folder}: cannot load this {spec.get('kind')} member ({first})") from exc

@@ -58,3 +58,13 @@ def load_member(folder: Path, spec: dict[str, Any], **kwargs: Any) -> Member:
     if kind not in classes:
         raise ModelFormatError(f"{folder}: unknown member kind {kind!r} (known: {', '.join(sorted(classes))})")
     return classes[kind].load(Path(folder), spec, **kwargs)
+
+
+def check_member_files(folder: Path, spec: dict[str, Any]) -> None:
+    """Check a saved member's files before loading it (a kind may define ``check_files``: the
+    transformer checks its weights, tokenizer and JSON files, so that a damaged one is named in one
+    line before any network of an ensemble is loaded); an unknown kind is left to :func:`load_member`."""
+    cls = member_classes().get(spec.get("kind"))
+    check = getattr(cls, "check_files", None)
+    if check is not None:
+        check(Path(folder), spec)

@@ -122,6 +122,30 @@ def read_network_meta(folder: Path) -> dict:
         raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
 
 
+def check_network_files(folder: Path, listed: Sequence[str] | None = None) -> None:
+    """Before any loader touches a network folder: every file its spec lists (``listed``; exports
+    before the list skip this) is there, every ``.json`` parses and every ``.safetensors`` header
+    reads, so that a cut, emptied or deleted file ends in one line naming it, not in a
+    ``SafetensorError`` or a tokenizer's parse error from deep inside the loaders."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in listed or []:
+        if not isinstance(name, str) or "/" in name or "\\" in name or not (folder / name).is_file():
+            raise ModelFormatError(f"{folder / str(name)}: missing (the member's spec lists it)")
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelFormatError(f"{path}: not valid JSON ({_first_line(exc)}); the file is damaged") from None
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "np"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ModelFormatError(f"{path}: not a readable safetensors file ({_first_line(exc)}); "
+                                   "the file is damaged or cut short") from None
+
+
 def load_predictor(folder: Path, backend: str = "torch", device: str | None = None) -> tuple[EncoderPredictor, Any]:
     """An :class:`EncoderPredictor` for a network folder; also returns the torch model (``None``
     with an ONNX backend)."""
@@ -323,7 +347,13 @@ class TransformerMember:
         self.model.save(folder)
         self.predictor.tokenizer.save_pretrained(folder)
         atomic_write_json(folder / NETWORK_FILE, self.network_meta())
-        return {"kind": self.kind, "config": to_jsonable(asdict(self.config)), "label_names": self.label_names}
+        # "files": what loading checks is there (a deleted tokenizer or weights file is then named)
+        return {"kind": self.kind, "config": to_jsonable(asdict(self.config)), "label_names": self.label_names,
+                "files": sorted(p.name for p in folder.iterdir() if p.is_file())}
+
+    @staticmethod
+    def check_files(folder: Path, spec: dict[str, Any]) -> None:
+        check_network_files(folder, spec.get("files"))
 
     @classmethod
     def load(cls, folder: Path, spec: dict[str, Any], backend: str = "torch", device: str | None = None
@@ -334,6 +364,7 @@ class TransformerMember:
         except SettingsError as exc:
             raise ModelFormatError(f"{folder}: member spec 'config' holds a bad value ({exc})") from None
         member = cls(config)
+        cls.check_files(Path(folder), spec)
         member.predictor, member.model = load_predictor(folder, backend, device)
         meta = read_network_meta(folder)
         member.label_names = list(meta["labels"])
