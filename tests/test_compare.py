@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,30 @@ def test_real_run_folders(tmp_path_factory, tiny_model, runs, tmp_path, capsys):
     assert base["selection"] == "split" and base["folds"] == "1" and base["best"] == "*" and _nan(base["model_name"])
     assert full.name in printed and "average_prob" in printed
     assert md.read_text().count("\n") == 2 + len(df)
+
+
+def test_terminal_view_fits_120_columns(runs, schema2, tmp_path, capsys):
+    from emitlab.compare import format_terminal, terminal_view
+
+    long = tmp_path / ("a-very-long-run-folder-name-" * 3)
+    shutil.copytree(schema2, long)
+    df = compare_runs([*runs, schema2, long])
+    view = terminal_view(df)
+    assert list(view.columns)[:4] == ["run", "model", "members", "combiner"] and list(view.columns)[-1] == "time_s"
+    assert not [c for c in view.columns if c.startswith("test_f1_") or c in ("lr", "pooling", "epochs")]
+    text = format_terminal(view, 120)
+    assert max(map(len, text.splitlines())) <= 120 and "…" in text  # the long run name was cut
+    assert text.splitlines()[0].split()[:7] == ["run", "model", "members", "combiner", "nested", "test", "time"]
+    assert "stacker *" in text or "ensemble *" in text  # the run's choice is marked in the model column
+    wide = terminal_view(df, labels=True, settings=True)
+    assert {"test_f1_Direction", "lr", "epochs", "val_macro_f1"} <= set(wide.columns)
+    parser = argparse.ArgumentParser(prog="emitlab")
+    register_cli(parser.add_subparsers(dest="command"))
+    csv = tmp_path / "t.csv"
+    args = parser.parse_args(["compare", *map(str, runs), str(schema2), "--csv", str(csv)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "test_f1_Direction" not in printed and "5e-05" not in printed
+    import pandas as pd
+
+    assert list(pd.read_csv(csv).columns) == list(compare_runs([*runs, schema2]).columns)  # every column kept

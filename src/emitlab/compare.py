@@ -214,12 +214,13 @@ def _fmt(col: str, v: Any) -> str:
     return str(v)
 
 
-def format_table(df: pd.DataFrame, markdown: bool = False) -> str:
-    """The comparison as aligned plain text, or as a Markdown (GitHub) table."""
+def format_table(df: pd.DataFrame, markdown: bool = False, headers: dict[str, str] | None = None) -> str:
+    """The comparison as aligned plain text, or as a Markdown (GitHub) table; ``headers`` renames
+    columns for display (e.g. :data:`VIEW`)."""
     if df.empty:
         return "(no runs)"
     cells = [[_fmt(c, v) for c, v in zip(df.columns, row)] for row in df.itertuples(index=False)]
-    header = [str(c) for c in df.columns]
+    header = [(headers or {}).get(c, str(c)) for c in df.columns]
     numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
     if markdown:
         def line(vals: list[str]) -> str:
@@ -235,20 +236,97 @@ def format_table(df: pd.DataFrame, markdown: bool = False) -> str:
     return "\n".join([pad(header), pad(["-" * w for w in widths]), *map(pad, cells)]) + "\n"
 
 
+#: the terminal view: column -> its header (``--settings`` and ``--labels`` add more)
+VIEW = {"run": "run", "model": "model", "members": "members", "combiner": "combiner", "nested_macro_f1": "nested",
+        "test_macro_f1": "test", "ood_proxy_macro_f1": "ood proxy", "time_s": "time s"}
+SETTINGS_VIEW = ["model_name", *TRAIN_SETTINGS, "folds", "selection", "calibration", "extra_data", "val_macro_f1",
+                 "test_macro_f1_raw", "ood_macro_f1"]
+#: text columns cut (with "…") when a row is wider than the terminal, widest first
+CUTTABLE = ("run", "members", "combiner", "model_name", "extra_data", "calibration")
+
+
+def terminal_view(df: pd.DataFrame, labels: bool = False, settings: bool = False) -> pd.DataFrame:
+    """The columns ``emitlab compare`` prints: run, model (``*``: the run's choice), members,
+    combiner (an average's weights of the members it uses, in their order), nested, test and
+    OOD-proxy macro-F1 and time; ``settings`` adds the training settings and the other scores,
+    ``labels`` the per-label test F1. Markdown and CSV files keep every column."""
+    if df.empty:
+        return df
+    view = df.copy()
+    if "best" in view:
+        view["model"] = [m + (" *" if b == "*" else "") for m, b in zip(view["model"], view["best"])]
+    if "combiner" in view:
+        view["combiner"] = [_brief_combiner(c) for c in view["combiner"]]
+    cols = [c for c in VIEW if c in view and c != "time_s"]
+    if settings:
+        cols += [c for c in SETTINGS_VIEW if c in view]
+    if labels:
+        cols += [c for c in view if c.startswith("test_f1_")]
+    cols += ["time_s"] if "time_s" in view else []
+    return view[cols]
+
+
+def _brief_combiner(text: Any) -> Any:
+    """``prob avg tfidf=0.50 lexicon=0.00 transformer=0.50`` -> ``prob avg 0.5/0.5`` (the members column
+    names them)."""
+    if not isinstance(text, str) or " avg " not in text:
+        return text
+    space, weights = text.split(" avg ", 1)
+    kept = [w.split("=", 1)[1] for w in weights.split() if "=" in w and float(w.split("=", 1)[1]) > 0]
+    return f"{space} avg " + "/".join(f"{float(w):g}" for w in kept)
+
+
+def format_terminal(df: pd.DataFrame, width: int = 120) -> str:
+    """:func:`format_table` of ``df`` with its widest text columns cut (``…``) until rows fit ``width``
+    characters, where cutting can make them fit."""
+    if df.empty:
+        return format_table(df)
+    df = df.copy()
+    limits = {c: max(len(VIEW.get(c, c)), *(len(_fmt(c, v)) for v in df[c])) for c in df.columns if c in CUTTABLE}
+    text = format_table(df, headers=VIEW)
+    while max(map(len, text.splitlines())) > width and limits:
+        col = max(limits, key=limits.get)
+        if limits[col] <= max(8, len(VIEW.get(col, col))):
+            del limits[col]
+            continue
+        limits[col] -= max(1, min(limits[col] - 8, max(map(len, text.splitlines())) - width))
+        df[col] = [v if not isinstance(v, str) or len(v) <= limits[col] else v[: limits[col] - 1] + "…"
+                   for v in df[col]]
+        text = format_table(df, headers=VIEW)
+    return text
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     frame = compare_runs(args.run_dirs)
-    print(format_table(frame), end="")
+    print(format_terminal(terminal_view(frame, labels=args.labels, settings=args.settings), args.width), end="")
     if args.markdown:
         atomic_write_text(args.markdown, format_table(frame, markdown=True))
-        print(f"markdown table written to {args.markdown}")
+        print(f"markdown table written to {args.markdown} (every column)")
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.csv, frame.to_csv(index=False))
+        print(f"csv table written to {args.csv} (every column)")
     return 0
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``emitlab compare RUN_DIR... [--markdown FILE]`` to the ``emitlab`` subcommands."""
-    p = subparsers.add_parser("compare", help="Compare run folders: one row per model with settings and scores.")
+    """Add ``emitlab compare RUN_DIR... [--labels] [--settings] [--markdown FILE] [--csv FILE]``."""
+    p = subparsers.add_parser("compare", help="Compare run folders: one row per model with its scores.",
+                              description="One row per model of each run folder: the members and combiner it uses, "
+                                          "nested out-of-fold, test and OOD-proxy macro-F1 and its time, fitted to "
+                                          "the terminal's width. --labels and --settings add columns; --markdown and "
+                                          "--csv write every column (settings, all scores, per-label F1).")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                    help="Run folders (from emitlab baseline, train or run; old and new metrics.json schemas).")
-    p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="Also write the table as Markdown here.")
+    p.add_argument("--labels", action="store_true", help="Also print the per-label test F1.")
+    p.add_argument("--settings", action="store_true", help=(
+        "Also print the transformer settings, folds, selection rows, calibration, extra data and the other scores "
+        "(out-of-fold, test at 0.5, out-of-domain)."))
+    p.add_argument("--width", type=int, default=120, metavar="N",
+                   help="Cut the longest text columns until rows fit N characters (default: 120).")
+    p.add_argument("--markdown", type=Path, default=None, metavar="FILE",
+                   help="Also write the table, every column, as Markdown here.")
+    p.add_argument("--csv", type=Path, default=None, metavar="FILE",
+                   help="Also write the table, every column, as CSV here.")
     p.set_defaults(func=cmd_compare)
     return p
