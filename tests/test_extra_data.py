@@ -350,3 +350,34 @@ def test_oversampling_in_the_transformer(tiny_model, emit_folder, tmp_path):
 
     y = load_emit(emit_folder).train.labels[trained]
     assert info["training_rows"] == len(trained) + 2 * int(y[:, A["Fear"]].sum())
+
+
+def test_domain_marker(emit_folder, extra_folder, tmp_path, capsys):
+    """--domain-marker: each text starts with its source's word (a feature the linear members see); the
+    out-of-domain file is predicted as youtube (MultiEmotions-It's domain), the export as twitter unless
+    told otherwise, and it reproduces the run's probabilities for both."""
+    import pandas as pd
+
+    from emitlab.inference import EmotionClassifier
+
+    out = tmp_path / "run"
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out), "--no-report",
+                 "--extra-data", "multiemotions-it", "--extra-data", "xed-it", "--extra-data-dir", str(extra_folder),
+                 "--domain-marker", "--export"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    meta = json.loads((out / "model" / "emitlab.json").read_text())
+    assert meta["domain_marker"]["default"] == "twitter"
+    assert set(meta["domain_marker"]["markers"]) == {"twitter", "youtube", "subtitles"}
+    vocab = json.loads((out / "members" / "tfidf" / "fold-0" / "word_vocabulary.json").read_text())
+    assert {"dominiotwitter", "dominioyoutube", "dominiosubtitles"} <= set(vocab)
+    assert m["export"]["reload_max_abs_diff"] == 0.0  # the test file, as twitter
+    pred = np.load(out / "predictions.npz")
+    clf = EmotionClassifier.from_pretrained(out / "model")
+    ood = pd.read_csv(emit_folder / "emit_test_nolabel_out_of_domain.csv")["text"].tolist()
+    as_twitter = clf.predict_proba(ood)
+    clf.set_domain("youtube")
+    assert np.array_equal(clf.predict_proba(ood), pred[f"{m['best_model']}_ood"])
+    assert not np.array_equal(as_twitter, pred[f"{m['best_model']}_ood"])
+    assert main(["predict", "--model", str(out / "model"), "--domain", "reddit", "ciao"]) == 2
+    assert "knows the domains subtitles, twitter, youtube" in capsys.readouterr().err
+    assert main(["predict", "--model", str(out / "model"), "--domain", "youtube", "ciao"]) == 0

@@ -196,6 +196,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise SettingsError("--engine ray needs --output: the folder for its Parquet files")
         if args.format not in (None, "parquet"):
             raise SettingsError("--engine ray writes Parquet only")
+        if args.domain:
+            raise SettingsError("--domain works with the local engine (Ray actors predict as the export's default)")
         from .ray_predict import ray_predict
 
         ray_predict(args.model, inputs, args.output, backend=args.backend, actors=args.ray_actors,
@@ -231,11 +233,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     fmt = output_format(output, args.format)
     state = check_output(output, args.resume, args.overwrite) if output else None
     job = job_fingerprint(input_path, args.text_col, args.model, backend, fmt) if output else None
+    if job is not None and args.domain:  # a resumed job must keep the domain it started with
+        job["domain"] = args.domain
     if state is not None and state.get("complete"):
         check_resumable(state, job, output)
         log.info("%s is already complete (%d rows); nothing to do", output, state.get("rows_done", 0))
         return 0
     clf = EmotionClassifier.from_pretrained(args.model, device=args.device, backend=backend)
+    clf.set_domain(args.domain)
     progress = False if args.quiet else None
     if input_path is not None:
         predict_file(clf, input_path, output, fmt=fmt, job=job, state=state, text_col=args.text_col,
@@ -353,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="torch (default; onnx with --engine ray), or onnxruntime on CPU: onnx (fp32) or onnx-int8 "
                            "(quantised); the ONNX file is exported into the model folder first if missing "
                            "(see export-onnx).")
+    pred.add_argument("--domain", default=None,
+                      help="For an export trained with --domain-marker: predict as texts of this domain (twitter, "
+                           "its default, like EMit; youtube, like the out-of-domain file and MultiEmotions-It).")
     ray_opts = pred.add_argument_group("Ray Data (pip install 'emitlab[ray]')")
     ray_opts.add_argument("--engine", choices=["local", "ray"], default="local",
                           help="local: this process (default); ray: Ray Data actors, each loading the model once.")

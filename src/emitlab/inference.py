@@ -39,6 +39,20 @@ class EmotionClassifier:
         self.label_names: list[str] = list(meta["labels"])
         self.decoder = Decoder.from_dict(meta["decoder"])
         self.cleaner = TextCleaner(CleaningConfig.from_dict(meta["cleaning"]))
+        marker = meta.get("domain_marker") or {}
+        #: --domain-marker exports: domain -> the prefix of a cleaned text; ``domain`` is the one used
+        self.markers: dict[str, str] = dict(marker.get("markers") or {})
+        self.domain: str | None = marker.get("default")
+
+    def set_domain(self, domain: str | None) -> None:
+        """Predict as texts of ``domain`` (an export trained with ``--domain-marker``: e.g. ``youtube``
+        for comments like EMit's out-of-domain file); ``None`` keeps the export's default."""
+        if domain is None:
+            return
+        if domain not in self.markers:
+            known = ", ".join(sorted(self.markers)) or "none: it was trained without --domain-marker"
+            raise SettingsError(f"--domain {domain!r}: this export knows the domains {known}")
+        self.domain = domain
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None,
@@ -84,6 +98,8 @@ class EmotionClassifier:
     def member_probas(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Each member's probabilities (the mean of its fold models) for raw ``texts``."""
         cleaned = self.cleaner.clean_many(list(texts))
+        if self.domain is not None:
+            cleaned = [self.markers[self.domain] + t for t in cleaned]
         out = {}
         for name, folds in self.members:
             total = np.zeros((len(cleaned), len(self.label_names)))

@@ -35,8 +35,11 @@ from .data.cleaning import TextCleaner
 from .data.duplicates import loose_key
 from .data.extra import (
     ADAPTERS,
+    OOD_DOMAIN,
     PROXY_CORPUS,
+    TASK_DOMAIN,
     ExtraCorpus,
+    domain_marker,
     drop_evaluation_duplicates,
     extra_data_dir,
     load_extra,
@@ -120,10 +123,11 @@ class TrainingRows:
     proxy: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-def training_rows(data: EmitData, texts: list[str], cleaner: TextCleaner) -> TrainingRows:
+def training_rows(data: EmitData, texts: list[str], cleaner: TextCleaner, markers: bool = False) -> TrainingRows:
     """The task's cleaned ``texts`` and labels, then every extra corpus without the texts equal to
     an evaluation text (``data.extra`` and ``data.proxy`` are replaced by what is kept; the counts
-    go to the log and each corpus' ``dropped``)."""
+    go to the log and each corpus' ``dropped``). With ``markers`` every text starts with its
+    domain's marker (:func:`~emitlab.data.extra.domain_marker`)."""
     y = data.train.labels
     evaluation = {name: ds.texts for name, ds in data.prediction_sets.items()}
 
@@ -133,11 +137,13 @@ def training_rows(data: EmitData, texts: list[str], cleaner: TextCleaner) -> Tra
     data.extra = [_dedup(c, evaluation, key) for c in data.extra]
     if data.proxy is not None:
         data.proxy = _dedup(data.proxy, evaluation, key)
+    if markers:
+        texts = with_marker(texts, TASK_DOMAIN)
     if not data.extra:
         return TrainingRows(texts, y, len(texts))
     rows, offset, proxy = [texts], len(texts), []
     for c in data.extra:
-        rows.append(cleaner.clean_many(c.texts))
+        rows.append(with_marker(cleaner.clean_many(c.texts), c.domain if markers else None))
         if c.is_proxy:
             proxy.append(offset + np.arange(len(c)))
         offset += len(c)
@@ -149,6 +155,15 @@ def training_rows(data: EmitData, texts: list[str], cleaner: TextCleaner) -> Tra
         mask=np.concatenate([ones] + [c.mask for c in data.extra]),
         sample_weight=np.concatenate([np.ones(len(y))] + [np.full(len(c), c.weight) for c in data.extra]),
         proxy=np.concatenate(proxy) if proxy else np.zeros(0, dtype=np.int64))
+
+
+def with_marker(texts: list[str], domain: str | None) -> list[str]:
+    """``texts`` (cleaned) with ``domain``'s marker in front; unchanged for ``None``."""
+    return texts if domain is None else [domain_marker(domain) + t for t in texts]
+
+
+#: the domain of each prediction set, with --domain-marker
+SET_DOMAINS = {"test": TASK_DOMAIN, "ood": OOD_DOMAIN}
 
 
 def _dedup(corpus: ExtraCorpus, evaluation: dict[str, list[str]], key) -> ExtraCorpus:
@@ -317,10 +332,12 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     if stats:
         _write_stats(data, run)
     t = time.time()
-    train = training_rows(data, cleaner.clean_many(data.train.texts), cleaner)
-    set_texts = {name: cleaner.clean_many(ds.texts) for name, ds in sets.items()}
+    markers = cfgs[DataConfig].domain_marker
+    train = training_rows(data, cleaner.clean_many(data.train.texts), cleaner, markers)
+    set_texts = {name: with_marker(cleaner.clean_many(ds.texts), SET_DOMAINS.get(name, TASK_DOMAIN) if markers
+                                   else None) for name, ds in sets.items()}
     if data.proxy is not None:  # zero-shot: every member predicts all of it, as it does the test file
-        set_texts[PROXY_SET] = cleaner.clean_many(data.proxy.texts)
+        set_texts[PROXY_SET] = with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
     timings["cleaning"] = time.time() - t
     texts, y = train.texts, train.labels
     plans = fold_plans(data, cfgs, run, members, train)
@@ -449,7 +466,7 @@ def _replica_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str],
     the same folds done)."""
     from .crossfit import FOLD_FILE
 
-    train = training_rows(data, cleaner.clean_many(data.train.texts), cleaner)
+    train = training_rows(data, cleaner.clean_many(data.train.texts), cleaner, cfgs[DataConfig].domain_marker)
     texts, y = train.texts, train.labels
     plans = fold_plans(data, cfgs, run, members, train)  # run.write_json writes nothing on this rank
     trained = 0
@@ -548,6 +565,9 @@ def export_run(run: RunDir, data: EmitData, cfgs: dict, members: list[str], fitt
         "metrics": {k: best.metrics[k]["macro_f1"] for k in ("validation", "test", "ood") if k in best.metrics},
         "nested_macro_f1": best.metrics.get("nested_macro_f1"),
     }
+    if cfgs[DataConfig].domain_marker:  # what the classifier puts before a cleaned text, per domain
+        domains = {TASK_DOMAIN, OOD_DOMAIN, *(c.domain for c in data.extra)}
+        meta["domain_marker"] = {"markers": {d: domain_marker(d) for d in sorted(domains)}, "default": TASK_DOMAIN}
     folders = {name: [run / "members" / name / f"fold-{i}" for i in range(len(fitted[name].models))] for name in used}
     path = write_export(run / "model", meta, folders)
     # reload where the run predicted (a fine-tuned member predicts on its training device): the

@@ -270,6 +270,11 @@ class DataConfig(SettingsGroup):
         "a corpus annotates.")})
     extra_data_dir: str = field(default="", metadata={"help": (
         "Folder holding multiemotions_it/ and xed/ (default: $EMITLAB_EXTRA_DATA, else ../shared/data).")})
+    domain_marker: bool = field(default=False, metadata={"help": (
+        "Begin every text a member sees with a word naming its source domain (EMit and its test file: twitter; "
+        "MultiEmotions-It and EMit's out-of-domain file: youtube; XED: subtitles), so that an extra domain can "
+        "keep cues of its own instead of blurring EMit's. The export predicts as twitter unless told otherwise "
+        "(emitlab predict --domain youtube).")})
     ood_proxy: str = field(default="auto", metadata={"choices": ["auto", "none"], "help": (
         "Score MultiEmotions-It (the domain of EMit's out-of-domain test) as an out-of-domain proxy: out-of-fold "
         "when it is an --extra-data corpus, else zero-shot (the run's models predicting all of it). auto: on task A "

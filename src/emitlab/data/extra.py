@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -80,6 +81,18 @@ DYADS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: ``--domain-marker``: the source domain of each corpus (the word a member sees before each of its texts);
+#: EMit's training and test texts are tweets, its out-of-domain file is in MultiEmotions-It's domain.
+TASK_DOMAIN = "twitter"
+OOD_DOMAIN = "youtube"
+DOMAINS = {PROXY_CORPUS: OOD_DOMAIN, "xed-it": "subtitles", "xed-en": "subtitles"}
+
+
+def domain_marker(domain: str) -> str:
+    """The prefix put before a cleaned text of ``domain`` (one word no text holds: ``dominioyoutube``)."""
+    return f"dominio{domain} "
+
+
 @dataclass
 class ExtraCorpus:
     """One extra corpus on the task's labels: ``labels`` 0/1 and ``mask`` (True = annotated), both
@@ -109,6 +122,11 @@ class ExtraCorpus:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def domain(self) -> str:
+        """Its source domain (:data:`DOMAINS`; a table file is a domain of its own, named after it)."""
+        return DOMAINS.get(self.name) or re.sub(r"\W+", "", Path(self.name).stem.lower()) or "other"
 
     @property
     def is_proxy(self) -> bool:
