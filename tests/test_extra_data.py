@@ -381,3 +381,41 @@ def test_domain_marker(emit_folder, extra_folder, tmp_path, capsys):
     assert main(["predict", "--model", str(out / "model"), "--domain", "reddit", "ciao"]) == 2
     assert "knows the domains subtitles, twitter, youtube" in capsys.readouterr().err
     assert main(["predict", "--model", str(out / "model"), "--domain", "youtube", "ciao"]) == 0
+
+
+def test_elita_word_swap():
+    from emitlab.data.augment import EmotionWordSwap, augment_rare_rows
+
+    swap = EmotionWordSwap(TASK_A_LABELS)
+    assert {"Fear", "Anger", "Love"} <= set(swap.pools) and "Neutral" not in swap.pools
+    assert "paura" in swap.members["Fear"] and "terrore" in swap.members["Fear"]
+    rng = np.random.default_rng(0)
+    out = swap.swap("Ho PAURA, Paura del buio!", ["Fear"], rng)
+    words = out.split()
+    assert out != "Ho PAURA, Paura del buio!" and words[0] == "Ho" and out.endswith("!")
+    assert words[2].rstrip(",")[0].isupper() and words[2].rstrip(",").lower() in swap.members["Fear"]
+    assert swap.swap("oggi piove", ["Fear"], rng) is None          # no emotion word: no copy
+    assert swap.swap("ho paura", ["Neutral"], rng) is None         # a label without a pool
+    texts = ["ho paura del buio", "oggi piove", "che rabbia furioso"]
+    y = np.zeros((3, 10), dtype=int)
+    y[0, A["Fear"]] = y[1, A["Fear"]] = y[2, A["Anger"]] = 1
+    rare = np.isin(TASK_A_LABELS, ["Fear"])
+    new, source = augment_rare_rows(texts, y, TASK_A_LABELS, rare, 3, seed=1)
+    assert set(source) == {0} and 1 <= len(new) <= 3 and len(set(new)) == len(new) and texts[0] not in new
+    again, _ = augment_rare_rows(texts, y, TASK_A_LABELS, rare, 3, seed=1)
+    assert again == new  # seeded
+
+
+def test_swapped_copies_in_the_transformer(tiny_model, emit_folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--no-report", "--ood-proxy", "none", "--augment-rare", "2", "--rare-labels", "Fear", "Anger",
+                 *TINY_TRAIN, "--epochs", "1"]) == 0
+    info = json.loads((out / "metrics.json").read_text())["members"]["transformer"]["training"][0]
+    folds = json.loads((out / "folds.json").read_text())
+    trained = [i for i, f in enumerate(folds["default"]["fold_of_row"]) if f == -1]
+    from emitlab.data.loading import load_emit
+
+    y = load_emit(emit_folder).train.labels[trained]
+    rare_rows = int(y[:, [A["Fear"], A["Anger"]]].any(1).sum())
+    assert len(trained) + rare_rows <= info["training_rows"] <= len(trained) + 2 * rare_rows  # the cues swap

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emitlab.data.elita import LEXICON_SHA256, lexicon_bytes
 from emitlab.errors import ModelFormatError
 from emitlab.labels import TASK_A_LABELS
-from emitlab.members.lexicon import LEXICON_SHA256, LexiconFeatures, LexiconMember, lexicon_bytes
+from emitlab.members.lexicon import LexiconFeatures, LexiconMember
 from emitlab.members.tfidf import TfidfMember
 from emitlab.settings import BaselineConfig, LexiconConfig, TfidfConfig
 

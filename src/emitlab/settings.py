@@ -375,9 +375,12 @@ class TrainConfig(SettingsGroup):
     oversample_rare: int = field(default=1, metadata={"min": 1, "off": "1 = off", "help": (
         "Repeat each training text that carries a rare label (--rare-labels) this many times per epoch, so batches "
         "see rare emotions more often; 1 = off.")})
+    augment_rare: int = field(default=0, metadata={"min": 0, "off": "0 = off", "help": (
+        "Add up to N new copies of each training text that carries a rare label (--rare-labels), in which the words "
+        "ELIta rates high for that emotion are swapped for other such words (same labels, other words); 0 = off.")})
     rare_labels: list[str] = field(default_factory=list, metadata={"help": (
-        "The rare labels of --oversample-rare; none given: those on fewer than 10%% of the training texts "
-        "(EMit A: Fear, Anger, Sadness, Anticipation, Surprise).")})
+        "The rare labels of --oversample-rare and --augment-rare; none given: those on fewer than 10%% of the "
+        "training texts (EMit A: Fear, Anger, Sadness, Anticipation, Surprise).")})
     eval_batch_size: int = field(default=64, metadata={"min": 1, "help": "Batch size for evaluation and prediction."})
     learning_rate: float = field(default=1e-4, metadata={"gt": 0, "help": "Peak learning rate of the encoder."})
     head_learning_rate: float = field(default=1e-3, metadata={"gt": 0, "help": (

@@ -34,12 +34,12 @@ import hashlib
 import re
 import warnings
 from dataclasses import asdict
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..data.elita import DIMENSIONS, EMOTIONS, VAD, lexicon_bytes, read_ratings
 from ..errors import ModelFormatError
 from ..settings import LexiconConfig
 from .linear import (
@@ -55,26 +55,9 @@ from .linear import (
     spec_label_names,
 )
 
-#: ELIta's emotion dimensions, in feature order, with the EMit label each one names.
-EMOTIONS: dict[str, str] = {
-    "gioia": "Joy", "tristezza": "Sadness", "rabbia": "Anger", "disgusto": "Disgust", "paura": "Fear",
-    "fiducia": "Trust", "sorpresa": "Surprise", "aspettativa": "Anticipation", "amore": "Love",
-}
-#: Valence, arousal, dominance (1..9 in the file, rescaled to -1..1).
-VAD: tuple[str, ...] = ("valenza", "attivazione", "dominanza")
-DIMENSIONS: tuple[str, ...] = tuple(EMOTIONS) + VAD
-
-LEXICON_FILE = "ELIta_INTENSITY.txt"
-LEXICON_SHA256 = "2e954d01fb8a76b311026503848994cb09d2c02a844f6c79a33543317b4a0909"
-
 _EMOJI_NOISE_RE = re.compile("[\ufe0f\ufe0e\U0001F3FB-\U0001F3FF]")  # variation selectors, skin tones
 _WORD_RE = re.compile(r"[^\W\d_]+")
 _QUESTIONS = "????"
-
-
-def lexicon_bytes() -> bytes:
-    """The vendored ``ELIta_INTENSITY.txt`` (package data)."""
-    return (resources.files("emitlab") / "resources" / "elita" / LEXICON_FILE).read_bytes()
 
 
 def _norm_emoji(s: str) -> str:
@@ -98,12 +81,7 @@ class _Lexicon:
 
     def __init__(self, data: bytes):
         self.sha256 = hashlib.sha256(data).hexdigest()
-        ratings: dict[str, dict[str, float]] = {}
-        for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            item, dim, value = line.rsplit(",", 2)
-            ratings.setdefault(item, {})[dim] = float(value)
+        ratings = read_ratings(data)
         items = list(ratings)
         table = np.array([[ratings[i][d] for d in DIMENSIONS] for i in items], dtype=np.float64)
         table[:, len(EMOTIONS):] = (table[:, len(EMOTIONS):] - 5.0) / 4.0

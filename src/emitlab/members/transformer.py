@@ -210,7 +210,7 @@ class TransformerMember:
         annotated cells."""
         from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
-        from ..data.augment import oversample_index, rare_label_mask
+        from ..data.augment import augment_rare_rows, oversample_index, rare_label_mask
         from ..models.losses import build_loss, cell_weights
         from ..models.transformer import (
             EmotionTrainer,
@@ -242,15 +242,18 @@ class TransformerMember:
                  n_trainable / 1e6, prefix)
         predictor = EncoderPredictor(tokenizer, None, prefix, cfg.max_length)  # type: ignore[arg-type]
         weights = None if mask is None and sample_weight is None else cell_weights(labels, mask, sample_weight)
-        index = np.arange(len(texts))
-        if cfg.oversample_rare > 1:
+        rows, rows_y, index = list(texts), np.asarray(labels), np.arange(len(texts))
+        if cfg.oversample_rare > 1 or cfg.augment_rare > 0:  # the loss's statistics stay those of the rows given
             rare = rare_label_mask(labels, label_names, cfg.rare_labels, mask)
             index = oversample_index(labels, rare, cfg.oversample_rare, mask)
-            log.info("oversampling x%d the %d training texts with a rare label (%s)", cfg.oversample_rare,
-                     (len(index) - len(texts)) // (cfg.oversample_rare - 1),
-                     ", ".join(n for n, r in zip(label_names, rare) if r))
-        texts = list(texts)
-        train_ds = _to_dataset(predictor, [texts[i] for i in index], np.asarray(labels)[index],
+            new_texts, source = augment_rare_rows(rows, rows_y, label_names, rare, cfg.augment_rare, self.seed, mask)
+            log.info("rare labels %s: %d training texts oversampled x%d, %d swapped copies added",
+                     ", ".join(n for n, r in zip(label_names, rare) if r),
+                     (len(index) - len(rows)) // max(cfg.oversample_rare - 1, 1), cfg.oversample_rare, len(new_texts))
+            index = np.concatenate([index, len(rows) + np.arange(len(new_texts))])
+            rows, rows_y = rows + new_texts, np.concatenate([rows_y, rows_y[source]])
+            weights = None if weights is None else np.concatenate([weights, weights[source]])
+        train_ds = _to_dataset(predictor, [rows[i] for i in index], rows_y[index],
                                None if weights is None else weights[index])
         eval_ds = _to_dataset(predictor, self.eval_texts, self.eval_labels) if self.eval_texts is not None else None
         device = pick_device(cfg.device)
