@@ -179,8 +179,9 @@ class Recorder:
 
     kind = "recorder"
 
-    def fit(self, texts, labels, label_names, mask=None, sample_weight=None):
-        self.seen, self.mask, self.weight = set(texts), mask, sample_weight
+    def fit(self, texts, labels, label_names, mask=None, sample_weight=None, extra_rows=None):
+        self.texts, self.seen, self.mask, self.weight, self.extra = list(texts), set(texts), mask, sample_weight, \
+            extra_rows
         return self
 
     def predict_proba(self, texts):
@@ -206,6 +207,7 @@ def test_extra_rows_train_everywhere_and_proxy_rows_get_one_out_of_fold_predicti
     assert (cf.oof == 0).all() and (cf.oof_extra == 0).all()  # no row predicted by a model that saw it
     assert cf.oof_extra.shape == (12, 2)
     assert all(m.mask is not None and m.weight.min() == 0.5 for m in cf.models)
+    assert all([int(t[1:]) >= 40 for t in m.texts] == list(m.extra) for m in cf.models)  # which rows are extra
     alone = crossfit("rec", lambda i: Recorder(), texts, labels, ["a", "b"], full, {}, mask=mask, use_extra=False)
     assert all(m.mask is None and not any(int(t[1:]) >= 40 for t in m.seen) for m in alone.models)
     assert full.to_dict()["extra"]["n"] == 22
@@ -419,3 +421,22 @@ def test_swapped_copies_in_the_transformer(tiny_model, emit_folder, tmp_path):
     y = load_emit(emit_folder).train.labels[trained]
     rare_rows = int(y[:, [A["Fear"], A["Anger"]]].any(1).sum())
     assert len(trained) + rare_rows <= info["training_rows"] <= len(trained) + 2 * rare_rows  # the cues swap
+
+
+def test_two_stages(tiny_model, emit_folder, extra_folder, tmp_path):
+    """--extra-first-epochs: the extra rows train first, alone, then the task's rows; the member kept is
+    the second stage's, chosen (90/10 mode) on the task's validation rows only."""
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--no-report", "--extra-data", "xed-it", "--extra-data-dir", str(extra_folder),
+                 "--extra-first-epochs", "1", *TINY_TRAIN]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    info = m["members"]["transformer"]["training"][0]
+    folds = json.loads((out / "folds.json").read_text())
+    n_task = sum(f == -1 for f in folds["default"]["fold_of_row"])
+    n_extra = m["extra_data"]["corpora"][0]["rows"]
+    assert info["stage_1"]["rows"] == n_extra and info["training_rows"] == n_task
+    assert info["stage_1"]["global_steps"] == -(-n_extra // 16)  # 1 epoch of batches of 16
+    assert (out / "work" / "transformer" / "fold-0" / "stage-1" / "trainer_log.json").is_file()
+    assert not (out / "work" / "transformer" / "fold-0" / "stage-1" / "checkpoints").exists()
+    assert m["models"]["transformer"]["validation"]["macro_f1"] > 0.3

@@ -140,12 +140,13 @@ def fit_fold(member: Member, texts: Sequence[str], labels: np.ndarray, label_nam
              train_idx: np.ndarray, n: int, mask: np.ndarray | None = None,
              sample_weight: np.ndarray | None = None, use_extra: bool = True) -> Member:
     """``member.fit`` on the rows ``train_idx`` (rows ``>= n`` are extra-corpus rows: dropped
-    unless ``use_extra``; with them the member gets their ``mask`` and ``sample_weight``)."""
+    unless ``use_extra``; with them the member gets their ``mask``, ``sample_weight`` and which
+    rows they are, ``extra_rows``)."""
     tr = np.asarray(train_idx) if use_extra else np.asarray(train_idx)[np.asarray(train_idx) < n]
     options = {}
-    if (tr >= n).any() and (mask is not None or sample_weight is not None):
+    if (tr >= n).any():
         options = {"mask": None if mask is None else mask[tr],
-                   "sample_weight": None if sample_weight is None else sample_weight[tr]}
+                   "sample_weight": None if sample_weight is None else sample_weight[tr], "extra_rows": tr >= n}
     return member.fit([texts[j] for j in tr], labels[tr], label_names, **options)
 
 

@@ -372,6 +372,9 @@ class TrainConfig(SettingsGroup):
     batch_size: int = field(default=16, metadata={"min": 1, "help": "Training batch size."})
     group_by_length: bool = field(default=True, metadata={"help": (
         "Batch texts of similar length together (less padding, faster steps; order stays random across batches).")})
+    extra_first_epochs: float = field(default=0.0, metadata={"min": 0, "off": "0 = off", "help": (
+        "Two stages: first fine-tune this many epochs on the --extra-data rows alone, then --epochs on the task's "
+        "rows only (from the first stage's weights); 0 = one stage on all rows mixed.")})
     oversample_rare: int = field(default=1, metadata={"min": 1, "off": "1 = off", "help": (
         "Repeat each training text that carries a rare label (--rare-labels) this many times per epoch, so batches "
         "see rare emotions more often; 1 = off.")})

@@ -4,8 +4,9 @@ A member is fitted on *cleaned* texts (the run cleans once, with the run's clean
 the export cleans the same way before any member sees a text) and a 0/1 label matrix, and
 returns per-label probabilities. Rows of extra corpora (:mod:`emitlab.data.extra`) come with a
 ``mask`` (bool, like ``labels``: False where the row's corpus does not annotate that label, which
-must then not enter the loss) and a ``sample_weight`` per row; both are None for the task's file
-alone::
+must then not enter the loss), a ``sample_weight`` per row and ``extra_rows`` (bool per row: from an
+extra corpus; the transformer may train on those first, in a stage of their own); all are None for
+the task's file alone::
 
     member = TfidfMember(TfidfConfig()).fit(texts, labels, label_names)
     probs = member.predict_proba(texts)            # (len(texts), n_labels), float64 in [0, 1]
@@ -35,7 +36,8 @@ class Member(Protocol):
     kind: str
 
     def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
-            mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> "Member": ...
+            mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None,
+            extra_rows: np.ndarray | None = None) -> "Member": ...
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
 

@@ -257,7 +257,8 @@ class LexiconMember:
         return (self.features.transform(list(texts)) - self.mean) / self.std
 
     def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
-            mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> "LexiconMember":
+            mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None,
+            extra_rows: np.ndarray | None = None) -> "LexiconMember":
         texts = list(texts)
         y = check_fit_inputs(texts, labels, label_names)
         F = self.features.transform(texts)

@@ -78,7 +78,8 @@ class TfidfMember:
         return sparse.hstack([self.vectorizers[a].transform(texts) for a in ANALYZERS], format="csr")
 
     def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
-            mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> "TfidfMember":
+            mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None,
+            extra_rows: np.ndarray | None = None) -> "TfidfMember":
         texts = list(texts)
         y = check_fit_inputs(texts, labels, label_names)
         self.vectorizers = {}

@@ -13,8 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -203,30 +202,22 @@ class TransformerMember:
     # ---- training
 
     def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
-            mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> "TransformerMember":
+            mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None,
+            extra_rows: np.ndarray | None = None) -> "TransformerMember":
         """Fine-tune on ``texts``; with ``mask``/``sample_weight`` (extra corpora) every cell of the
         loss is weighted by its row's weight and 0 where its label is masked
         (:func:`~emitlab.models.losses.cell_weights`), and the bias and ``pos_weight`` come from the
-        annotated cells."""
-        from transformers import DataCollatorWithPadding, EarlyStoppingCallback, set_seed
+        annotated cells. With ``extra_first_epochs`` > 0, the rows flagged in ``extra_rows`` train
+        first, alone (stage 1), then the others (stage 2, the fine-tuning this member keeps)."""
+        from transformers import set_seed
 
-        from ..data.augment import augment_rare_rows, oversample_index, rare_label_mask
-        from ..models.losses import build_loss, cell_weights
-        from ..models.transformer import (
-            EmotionTrainer,
-            WeightAverage,
-            build_model,
-            default_prefix,
-            load_tokenizer,
-            resolve_model_source,
-        )
+        from ..models.transformer import build_model, default_prefix, load_tokenizer, resolve_model_source
 
         cfg = self.config
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         workdir = self.workdir or Path(tempfile.mkdtemp(prefix="emitlab-train-"))
         workdir.mkdir(parents=True, exist_ok=True)
-        set_seed(self.seed)
         self.label_names = list(label_names)
         try:
             source = resolve_model_source(cfg.model)
@@ -235,41 +226,96 @@ class TransformerMember:
             raise SettingsError(f"--model (train.model) {cfg.model!r}: cannot load its tokenizer "
                                 f"({_first_line(exc)})") from exc
         prefix = default_prefix(source) if cfg.input_prefix == "auto" else cfg.input_prefix
-        model = build_model(source, len(label_names), cfg, labels, mask, sample_weight)
+        rows = _Rows(list(texts), np.asarray(labels), mask, sample_weight)
+        first = rows.take(np.asarray(extra_rows, dtype=bool)) if cfg.extra_first_epochs > 0 and extra_rows is not None \
+            and np.any(extra_rows) else None
+        if first is not None:
+            rows = rows.take(~np.asarray(extra_rows, dtype=bool))
+        start = first or rows  # the classifier's bias starts at the prior of the rows trained first
+        set_seed(self.seed)
+        model = build_model(source, len(label_names), cfg, start.labels, start.mask, start.sample_weight)
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_total = sum(p.numel() for p in model.parameters())
         log.info("model %s: %.1f M parameters, %.1f M trained; input prefix %r", cfg.model, n_total / 1e6,
                  n_trainable / 1e6, prefix)
         predictor = EncoderPredictor(tokenizer, None, prefix, cfg.max_length)  # type: ignore[arg-type]
-        weights = None if mask is None and sample_weight is None else cell_weights(labels, mask, sample_weight)
-        rows, rows_y, index = list(texts), np.asarray(labels), np.arange(len(texts))
-        if cfg.oversample_rare > 1 or cfg.augment_rare > 0:  # the loss's statistics stay those of the rows given
-            rare = rare_label_mask(labels, label_names, cfg.rare_labels, mask)
-            index = oversample_index(labels, rare, cfg.oversample_rare, mask)
-            new_texts, source = augment_rare_rows(rows, rows_y, label_names, rare, cfg.augment_rare, self.seed, mask)
-            log.info("rare labels %s: %d training texts oversampled x%d, %d swapped copies added",
-                     ", ".join(n for n, r in zip(label_names, rare) if r),
-                     (len(index) - len(rows)) // max(cfg.oversample_rare - 1, 1), cfg.oversample_rare, len(new_texts))
-            index = np.concatenate([index, len(rows) + np.arange(len(new_texts))])
-            rows, rows_y = rows + new_texts, np.concatenate([rows_y, rows_y[source]])
-            weights = None if weights is None else np.concatenate([weights, weights[source]])
-        train_ds = _to_dataset(predictor, [rows[i] for i in index], rows_y[index],
-                               None if weights is None else weights[index])
-        eval_ds = _to_dataset(predictor, self.eval_texts, self.eval_labels) if self.eval_texts is not None else None
         device = pick_device(cfg.device)
         check_processes_fit_devices(device)
-        args = _training_arguments(cfg, workdir, self.seed, device, eval_ds is not None, self.select_on_eval)
+        _log_options(cfg)
+        stage_1 = None
+        if first is not None and not (self.resume and last_complete_checkpoint(workdir / "checkpoints")):
+            log.info("stage 1: %d extra-corpus rows, %g epoch(s); stage 2: %d rows", len(first.texts),
+                     cfg.extra_first_epochs, len(rows.texts))
+            stage_cfg = replace(cfg, epochs=cfg.extra_first_epochs, ema_decay=0.0, oversample_rare=1, augment_rare=0,
+                                early_stopping_patience=0)
+            trainer, result, _ = self._train_stage(model, tokenizer, predictor, first, stage_cfg, workdir / "stage-1",
+                                                   device, evaluate=False)
+            stage_1 = {"rows": len(first.texts), "global_steps": trainer.state.global_step,
+                       "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1)}
+            remove_checkpoints(workdir / "stage-1")  # stage 2's checkpoints hold its weights from here on
+        trainer, result, n_rows = self._train_stage(model, tokenizer, predictor, rows, cfg, workdir, device,
+                                                    evaluate=True)
+        # The weight average (if any) is already in the model: WeightAverage.on_train_end.
+        # Predict with our own length-sorted batching, not trainer.predict: with
+        # train_sampling_strategy="group_by_length", transformers 5 also reorders evaluation
+        # batches, so trainer.predict's rows would not follow the dataset's order.
+        # unwrap: with bf16/fp16, accelerate leaves forward() wrapped in autocast, and the run's
+        # probabilities would then differ from the fp32 export's (seen on an H200: 1.2e-3)
+        self.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
+        predictor.engine = TorchBackend(self.model)  # stays on the training device
+        self.predictor = predictor
+        self.base_model = str(cfg.model)
+        average = trainer.weight_average
+        self.fit_info = {
+            "device": device,
+            "precision": {k: v for k, v in precision_flags(cfg.precision, device).items() if v} or "fp32",
+            "parameters": n_total,
+            "trained_parameters": n_trainable,
+            "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
+            "train_examples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
+            "training_rows": n_rows,
+            **({"stage_1": stage_1} if stage_1 else {}),
+            "global_steps": trainer.state.global_step,
+            "epochs_done": round(float(trainer.state.epoch or 0), 2),
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "best_eval_macro_f1_at_0.5": trainer.state.best_metric,
+            "torch_threads": torch.get_num_threads(),
+            **({"processes": trainer.args.world_size,
+                "effective_batch_size": cfg.batch_size * trainer.args.world_size
+                * trainer.args.gradient_accumulation_steps}
+               if trainer.args.world_size > 1 else {}),
+            **({"weight_average": average.summary()} if average is not None else {}),
+            "log_history": trainer.state.log_history,
+        }
+        return self
+
+    def _train_stage(self, model, tokenizer, predictor: EncoderPredictor, rows: "_Rows", cfg: TrainConfig,
+                     workdir: Path, device: str, evaluate: bool):
+        """One ``EmotionTrainer`` run of ``model`` on ``rows`` (with the rare-label oversampling and
+        swapped copies of ``cfg``), scored on the member's evaluation texts when ``evaluate``;
+        returns the trainer, its ``train()`` result and the number of training rows."""
+        from transformers import DataCollatorWithPadding, EarlyStoppingCallback
+
+        from ..models.losses import build_loss
+        from ..models.transformer import EmotionTrainer, WeightAverage
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        texts, labels, weights = self._training_rows(rows, cfg)
+        train_ds = _to_dataset(predictor, texts, labels, weights)
+        eval_ds = _to_dataset(predictor, self.eval_texts, self.eval_labels) \
+            if evaluate and self.eval_texts is not None else None
+        select = self.select_on_eval and eval_ds is not None
+        args = _training_arguments(cfg, workdir, self.seed, device, eval_ds is not None, select)
         callbacks = []
-        if self.select_on_eval and cfg.early_stopping_patience > 0:
+        if select and cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
         crash = _crash_callback()
         if crash:
             callbacks.append(crash)
-        loss_fn = build_loss(cfg.loss, labels, cfg.pos_weight, cfg.focal_gamma,
+        loss_fn = build_loss(cfg.loss, rows.labels, cfg.pos_weight, cfg.focal_gamma,
                              cfg.focal_alpha if cfg.focal_alpha > 0 else None,
-                             cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip, mask, sample_weight)
+                             cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip, rows.mask, rows.sample_weight)
         average = WeightAverage(cfg.ema_decay) if cfg.ema_decay > 0 else None
-        _log_options(cfg)
         trainer = EmotionTrainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_compute_metrics if eval_ds else None,
@@ -282,45 +328,37 @@ class TransformerMember:
             log.info("resuming from %s", checkpoint or "scratch (no complete checkpoint found)")
             if checkpoint and average is not None and not average.load(checkpoint):
                 log.warning("%s holds no weight average: the average starts at the resumed step", checkpoint)
-        t0 = time.time()
         result = trainer.train(resume_from_checkpoint=checkpoint)
-        train_s = time.time() - t0
         # Several processes (accelerate launch / torchrun): every rank has loaded the best
         # checkpoint before rank 0 may go on and delete the checkpoints (cleanup); only rank 0
         # writes files.
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             atomic_write_json(workdir / "trainer_log.json", trainer.state.log_history)
-        # The weight average (if any) is already in the model: WeightAverage.on_train_end.
-        # Predict with our own length-sorted batching, not trainer.predict: with
-        # train_sampling_strategy="group_by_length", transformers 5 also reorders evaluation
-        # batches, so trainer.predict's rows would not follow the dataset's order.
-        # unwrap: with bf16/fp16, accelerate leaves forward() wrapped in autocast, and the run's
-        # probabilities would then differ from the fp32 export's (seen on an H200: 1.2e-3)
-        self.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
-        predictor.engine = TorchBackend(self.model)  # stays on the training device
-        self.predictor = predictor
-        self.base_model = str(cfg.model)
-        self.fit_info = {
-            "device": device,
-            "precision": {k: v for k, v in precision_flags(cfg.precision, device).items() if v} or "fp32",
-            "parameters": n_total,
-            "trained_parameters": n_trainable,
-            "train_seconds": round(train_s, 1),
-            "train_examples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
-            "training_rows": len(index),
-            "global_steps": trainer.state.global_step,
-            "epochs_done": round(float(trainer.state.epoch or 0), 2),
-            "best_checkpoint": trainer.state.best_model_checkpoint,
-            "best_eval_macro_f1_at_0.5": trainer.state.best_metric,
-            "torch_threads": torch.get_num_threads(),
-            **({"processes": trainer.args.world_size,
-                "effective_batch_size": cfg.batch_size * trainer.args.world_size * args.gradient_accumulation_steps}
-               if trainer.args.world_size > 1 else {}),
-            **({"weight_average": average.summary()} if average is not None else {}),
-            "log_history": trainer.state.log_history,
-        }
-        return self
+        return trainer, result, len(texts)
+
+    def _training_rows(self, rows: "_Rows", cfg: TrainConfig) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+        """Texts, labels and loss weights of one stage: ``rows``, with the rare-label texts repeated
+        (``oversample_rare``) and their swapped copies added (``augment_rare``)."""
+        from ..data.augment import augment_rare_rows, oversample_index, rare_label_mask
+        from ..models.losses import cell_weights
+
+        texts, labels = rows.texts, rows.labels
+        weights = None if rows.mask is None and rows.sample_weight is None else \
+            cell_weights(labels, rows.mask, rows.sample_weight)
+        if cfg.oversample_rare <= 1 and cfg.augment_rare <= 0:
+            return texts, labels, weights
+        rare = rare_label_mask(labels, self.label_names, cfg.rare_labels, rows.mask)
+        index = oversample_index(labels, rare, cfg.oversample_rare, rows.mask)
+        new_texts, source = augment_rare_rows(texts, labels, self.label_names, rare, cfg.augment_rare, self.seed,
+                                              rows.mask)
+        log.info("rare labels %s: %d training texts oversampled x%d, %d swapped copies added",
+                 ", ".join(n for n, r in zip(self.label_names, rare) if r),
+                 (len(index) - len(texts)) // max(cfg.oversample_rare - 1, 1), cfg.oversample_rare, len(new_texts))
+        index = np.concatenate([index, len(texts) + np.arange(len(new_texts))])
+        texts, labels = texts + new_texts, np.concatenate([labels, labels[source]])
+        weights = None if weights is None else np.concatenate([weights, weights[source]])
+        return [texts[i] for i in index], labels[index], None if weights is None else weights[index]
 
     def cleanup(self) -> None:
         """Delete the training checkpoints (for resuming a fold) once the fold is saved."""
@@ -377,6 +415,22 @@ class TransformerMember:
 
 # --------------------------------------------------------------------------------------
 # Training internals
+
+
+@dataclass
+class _Rows:
+    """Training rows of one stage: texts, 0/1 labels, and the extra corpora's mask and row weights."""
+
+    texts: list[str]
+    labels: np.ndarray
+    mask: np.ndarray | None = None
+    sample_weight: np.ndarray | None = None
+
+    def take(self, keep: np.ndarray) -> "_Rows":
+        idx = np.flatnonzero(keep)
+        return _Rows([self.texts[i] for i in idx], self.labels[idx],
+                     None if self.mask is None else np.asarray(self.mask)[idx],
+                     None if self.sample_weight is None else np.asarray(self.sample_weight)[idx])
 
 
 def _to_dataset(predictor: EncoderPredictor, texts: Sequence[str], labels: np.ndarray | None,
