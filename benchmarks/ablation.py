@@ -5,6 +5,7 @@
     python benchmarks/ablation.py --folds 1                  # the faster 90/10 mode (best epoch on validation)
     python benchmarks/ablation.py --line baseline --line "--epochs 6" --seeds 42 43
     python benchmarks/ablation.py --collect                  # only summarise the runs already there
+    python benchmarks/ablation.py --lines data --folds 1 --name ablation_data_task-A   # issue 18's lines
 
 A *line* is a set of ``emitlab run`` flags changed from the defaults (``baseline``: none). For each
 line and seed the runner calls::
@@ -51,6 +52,13 @@ from record import write_result  # noqa: E402
 REPO = HERE.parent
 DEFAULT_LINES = ["baseline", "--no-freeze-word-embeddings", "--max-length 128", "--epochs 6", "--layer-decay 0.9",
                  "--ema-decay 0.999", "--loss asl", "--multi-sample-dropout 5", "--rdrop-alpha 1.0"]
+#: issue 18: ways to use the extra corpora and the rare-emotion augmentations (``--lines data``); runs with
+#: MultiEmotions-It report its out-of-fold proxy score, the others its zero-shot one
+DATA_LINES = ["baseline", "--extra-data multiemotions-it", "--extra-data multiemotions-it:0.5",
+              "--extra-data multiemotions-it --domain-marker", "--extra-data multiemotions-it --extra-first-epochs 2",
+              "--extra-data xed-it:0.5", "--extra-data xed-en:0.3", "--oversample-rare 3", "--augment-rare 2",
+              "--extra-data xed-it --extra-data-labels Fear Anger Anticipation Surprise"]
+LINE_SETS = {"finetune": DEFAULT_LINES, "data": DATA_LINES}
 DEFAULT_SEEDS = [42, 43, 44]
 #: EMit A's rarest labels (train prevalence: Fear 1.5%, Anger 6%, ...): their test F1 gets a column each
 RARE_LABELS = ["Fear", "Anger", "Anticipation", "Surprise"]
@@ -263,12 +271,16 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    epilog = __doc__.split("\n\n", 1)[1] + "\nDefault lines:\n" + "\n".join(f"    {x}" for x in DEFAULT_LINES)
+    epilog = __doc__.split("\n\n", 1)[1] + "".join(
+        f"\nLines of --lines {name}:\n" + "\n".join(f"    {x}" for x in lines) for name, lines in LINE_SETS.items())
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--line", action="append", default=None, metavar="FLAGS",
                    help="One line: 'baseline' or emitlab run flags ('--epochs 6', --line=--no-freeze-word-embeddings); "
-                        "repeat for several; replaces the default lines (listed below).")
+                        "repeat for several; replaces the lines of --lines.")
+    p.add_argument("--lines", choices=sorted(LINE_SETS), default="finetune",
+                   help="A set of lines (listed below): finetune (issue 8's fine-tuning options, the default) or "
+                        "data (issue 18's extra corpora and rare-emotion augmentations).")
     p.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, help="Seeds (default: 42 43 44).")
     p.add_argument("--folds", type=int, default=3,
                    help="K of the transformer's cross-fitting (default 3); "
@@ -285,7 +297,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--collect", action="store_true",
                    help="Run nothing; summarise the finished runs and write the result.")
     args = p.parse_args(argv)
-    args.line = args.line or list(DEFAULT_LINES)
+    args.line = args.line or list(LINE_SETS[args.lines])
     args.extra = shlex.split(args.extra)
     data = args.data or default_data()
     args.data = data if data.startswith("hf:") else shown(data)  # the runs start in the repository root
