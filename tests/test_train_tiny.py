@@ -193,3 +193,23 @@ def test_bf16_autocast_on_the_cpu(tiny_model, emit_folder, tmp_path):
     assert info["precision"] == {"bf16": True} and info["device"] == "cpu"
     assert m["export"]["reload_max_abs_diff"] == 0.0
     assert m["models"]["transformer"]["validation"]["macro_f1"] > 0.3  # it learnt the synthetic cues
+
+
+def test_weights_and_biases_offline(tiny_model, emit_folder, tmp_path, monkeypatch):
+    """--report-to wandb: the Trainer's W&B integration, one W&B run per fold under the run folder;
+    offline, each run's file holds the losses the fold's Trainer logged."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    out = tmp_path / "wb"
+    assert main(["-q", "train", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--no-report", "--folds", "2", "--transformer-folds", "2"]
+                + TRAIN_ARGS + ["--epochs", "1", "--report-to", "wandb"]) == 0
+    files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2  # one W&B run per fold
+    for i in range(2):
+        log_history = json.loads((out / "work" / "transformer" / f"fold-{i}" / "trainer_log.json").read_text())
+        losses = [h["loss"] for h in log_history if "loss" in h]
+        runs = [f.read_bytes() for f in files if f"transformer/fold-{i}".encode() in f.read_bytes()]
+        assert len(runs) == 1 and losses
+        assert all(json.dumps(v).encode() in runs[0] for v in losses)  # the logged values are in its file

@@ -348,6 +348,8 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
 
     if "transformer" in members:
         check_disk_space(run, cfgs[TrainConfig], plans["transformer"], export, resume)
+        if cfgs[TrainConfig].report_to == "wandb":  # every fold's W&B run under the run folder
+            os.environ["WANDB_DIR"] = str(run.path.resolve())
 
     fitted: dict[str, CrossFitted] = {}
     for i, name in enumerate(members, 1):

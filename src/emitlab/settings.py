@@ -406,8 +406,11 @@ class TrainConfig(SettingsGroup):
     early_stopping_patience: int = field(default=2, metadata={"min": 0, "off": "0 = off", "help": (
         "Stop after this many evaluations without a better validation macro-F1; 0 = off.")})
     logging_steps: int = field(default=20, metadata={"min": 1, "help": "Log the training loss every N steps."})
-    report_to: str = field(default="tensorboard", metadata={"choices": ["tensorboard", "mlflow", "none"], "help": (
-        "Experiment tracker: TensorBoard (run folder/tb) or MLflow (sqlite store in the run folder).")})
+    report_to: str = field(default="tensorboard", metadata={"choices": ["tensorboard", "mlflow", "wandb", "none"],
+                                                           "help": (
+        "Experiment tracker: TensorBoard (run folder/tb), MLflow (sqlite store in the run folder) or Weights & "
+        "Biases (one W&B run per fold, project $WANDB_PROJECT or emitlab; WANDB_MODE=offline keeps it in the run "
+        "folder for `wandb sync`).")})
     precision: str = field(default="auto", metadata={"choices": ["auto", "fp32", "bf16", "fp16"], "help": (
         "auto: bf16 on CUDA when supported, else fp16 on CUDA, fp32 elsewhere. bf16 on the CPU: autocast, faster "
         "steps where the CPU has native bf16 (AVX512-BF16, AMX), not yet shown to keep the scores.")})

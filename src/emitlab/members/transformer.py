@@ -329,6 +329,7 @@ class TransformerMember:
             if checkpoint and average is not None and not average.load(checkpoint):
                 log.warning("%s holds no weight average: the average starts at the resumed step", checkpoint)
         result = trainer.train(resume_from_checkpoint=checkpoint)
+        finish_tracker(cfg.report_to)
         # Several processes (accelerate launch / torchrun): every rank has loaded the best
         # checkpoint before rank 0 may go on and delete the checkpoints (cleanup); only rank 0
         # writes files.
@@ -494,13 +495,31 @@ def _crash_callback():
 
 
 def tracker_env(report_to: str, run_dir: Path) -> list[str]:
-    """Point the chosen tracker at the run folder; returns TrainingArguments.report_to."""
+    """Point the chosen tracker at the run folder; returns TrainingArguments.report_to.
+
+    W&B (the Trainer's own ``WandbCallback``): one W&B run per fold, named after its folder
+    (``transformer/fold-0``), under ``$WANDB_DIR/wandb`` (a job sets it to the run folder), in the
+    project ``$WANDB_PROJECT`` (default ``emitlab``); ``WANDB_MODE=offline`` keeps it on disk
+    (``wandb sync`` uploads it later)."""
     if report_to == "tensorboard":
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tb")
     elif report_to == "mlflow":
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
         os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "emitlab")
+    elif report_to == "wandb":  # the run folder's, when a job set it (jobs.run_engine); else this member's
+        os.environ.setdefault("WANDB_DIR", str(Path(run_dir).resolve()))
+        os.environ.setdefault("WANDB_PROJECT", "emitlab")
     return [] if report_to == "none" else [report_to]
+
+
+def finish_tracker(report_to: str) -> None:
+    """End the fold's W&B run (the Trainer leaves it open, and the next fold would log into it)."""
+    if report_to == "wandb":
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()  # the next run reads $WANDB_DIR afresh (W&B's settings are otherwise process-wide)
 
 
 def _training_arguments(cfg: TrainConfig, workdir: Path, seed: int, device: str, has_eval: bool, select: bool):
@@ -530,6 +549,7 @@ def _training_arguments(cfg: TrainConfig, workdir: Path, seed: int, device: str,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         report_to=tracker_env(cfg.report_to, workdir),
+        run_name="/".join(Path(workdir).parts[-2:]),  # e.g. transformer/fold-0 (the tracker's run name)
         seed=seed,
         data_seed=seed,
         use_cpu=device == "cpu",
