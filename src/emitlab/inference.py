@@ -43,6 +43,9 @@ class EmotionClassifier:
         #: --domain-marker exports: domain -> the prefix of a cleaned text; ``domain`` is the one used
         self.markers: dict[str, str] = dict(marker.get("markers") or {})
         self.domain: str | None = marker.get("default")
+        if self.domain is not None and not isinstance(self.markers.get(self.domain), str):
+            raise ModelFormatError(f"{META_FILE}: domain_marker names the default domain {self.domain!r} "
+                                   "without a marker for it")
 
     def set_domain(self, domain: str | None) -> None:
         """Predict as texts of ``domain`` (an export trained with ``--domain-marker``: e.g. ``youtube``
