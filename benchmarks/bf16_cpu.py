@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from emitlab.data.cleaning import TextCleaner
     from emitlab.data.loading import load_emit
     from emitlab.devices import cpu_has_bf16
-    from emitlab.models.losses import build_loss
-    from emitlab.models.transformer import build_model, default_prefix, load_tokenizer, resolve_model_source
+    from emitlab.members.transformer.losses import build_loss
+    from emitlab.members.transformer.model import build_model, default_prefix, load_tokenizer, resolve_model_source
     from emitlab.settings import CleaningConfig, TrainConfig
 
     data = load_emit(args.data)

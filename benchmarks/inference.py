@@ -79,7 +79,7 @@ import record  # noqa: E402
 
 REPO = HERE.parent
 #: backends of the whole classifier (its transformer folds; the cheap members always run in numpy)
-from emitlab.settings import BACKENDS  # noqa: E402
+from emitlab.registry import BACKENDS  # noqa: E402
 
 #: backends of the transformer networks alone
 NETWORK_BACKENDS = ["hf-pipeline", *BACKENDS]
@@ -269,7 +269,7 @@ def _classifier_backends(ctx: Context) -> list[str]:
 def measure_classifier(ctx: Context) -> dict:
     """The whole classifier per backend and batch size: texts/s, seconds per member, macro-F1,
     max |p - p_torch|."""
-    from emitlab.evaluation import macro_f1
+    from emitlab.engine.evaluation import macro_f1
     from emitlab.inference import EmotionClassifier
 
     args = ctx.args
@@ -305,7 +305,7 @@ def member_decoder(ctx: Context, member: str):
     """The member's own calibrated decoder from the run's metrics.json beside the export, if any."""
     import json
 
-    from emitlab.calibration import Decoder
+    from emitlab.engine.calibration import Decoder
 
     path = ctx.model.parent / "metrics.json"
     try:
@@ -319,7 +319,7 @@ def member_decoder(ctx: Context, member: str):
 def measure_networks(ctx: Context) -> dict:
     """Each transformer member alone (mean of its fold networks, cleaned texts) per backend and
     batch size, the HF pipeline included."""
-    from emitlab.evaluation import macro_f1
+    from emitlab.engine.evaluation import macro_f1
     from emitlab.inference import EmotionClassifier
 
     args = ctx.args
@@ -375,8 +375,8 @@ def _folder_bytes(folder: Path, pattern: str = "*") -> int:
 @measurement("model_files")
 def measure_model_files(ctx: Context) -> dict:
     """The bytes each backend loads, per member (a transformer's folds: weights or ONNX files)."""
-    from emitlab.members.transformer import read_network_meta
-    from emitlab.onnx_export import onnx_file
+    from emitlab.inference.onnx_export import onnx_file
+    from emitlab.members.transformer.member import read_network_meta
 
     members = {}
     for m in ctx.meta["members"]:
@@ -487,8 +487,8 @@ def load_gold(data: Path, label_names: list[str], limit: int | None):
 def ensure_onnx(model: Path, backends: list[str]) -> dict | None:
     """Export the ONNX files of every transformer network when the chosen backends need them;
     returns what was exported and how long it took."""
-    from emitlab.members.transformer import read_network_meta
-    from emitlab.onnx_export import export_onnx, network_folders, onnx_file
+    from emitlab.inference.onnx_export import export_onnx, network_folders, onnx_file
+    from emitlab.members.transformer.member import read_network_meta
 
     wanted = list(dict.fromkeys(b for b in backends if b in ("onnx", "onnx-int8")))
     folders = network_folders(model) if wanted else []

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from emitlab.ray_predict import local_cores
+    from emitlab.batch.ray_predict import local_cores
 
     cores = local_cores()
     actors = args.ray_actors or cores

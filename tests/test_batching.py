@@ -29,7 +29,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client import REGISTRY  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from emitlab.calibration import Decoder  # noqa: E402
+from emitlab.engine.calibration import Decoder  # noqa: E402
 from emitlab.inference import rows_from_probs  # noqa: E402
 from emitlab.labels import TASK_A_LABELS  # noqa: E402
 from emitlab.serving.app import create_app, load_classifier  # noqa: E402

@@ -116,8 +116,8 @@ def test_a_model_that_cannot_be_loaded_is_a_settings_error(emit_folder, tmp_path
 
 def test_backend_and_device_mistakes_are_settings_errors(tmp_path):
     from emitlab.inference import EmotionClassifier
-    from emitlab.members.transformer import load_predictor
-    from emitlab.onnx_export import load_onnx_backend
+    from emitlab.inference.onnx_export import load_onnx_backend
+    from emitlab.members.transformer.member import load_predictor
 
     with pytest.raises(SettingsError, match="unknown backend 'tensorrt'"):
         EmotionClassifier.from_pretrained(tmp_path, backend="tensorrt")
@@ -132,7 +132,7 @@ def test_backend_and_device_mistakes_are_settings_errors(tmp_path):
 
 
 def test_onnx_export_mistakes_are_user_errors(emit_folder, tmp_path, capsys):
-    from emitlab.onnx_export import export_network_onnx, export_onnx
+    from emitlab.inference.onnx_export import export_network_onnx, export_onnx
 
     out = tmp_path / "run"
     assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out), "--folds", "1", "--export"]) == 0
@@ -147,7 +147,7 @@ def test_onnx_export_mistakes_are_user_errors(emit_folder, tmp_path, capsys):
 
 
 def test_onnx_files_that_cannot_be_written_are_a_model_format_error(tmp_path, monkeypatch):
-    import emitlab.onnx_export as onnx_export
+    import emitlab.inference.onnx_export as onnx_export
 
     net = tmp_path / "fold-0"
     net.mkdir()
@@ -159,7 +159,7 @@ def test_onnx_files_that_cannot_be_written_are_a_model_format_error(tmp_path, mo
 
 
 def test_unwritable_names_the_reason(tmp_path):
-    from emitlab.onnx_export import unwritable
+    from emitlab.inference.onnx_export import unwritable
 
     assert unwritable(tmp_path / "new") is None and (tmp_path / "new").is_dir()
     blocker = tmp_path / "a-file"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from emitlab.cli import main as cli_main
-from emitlab.compare import compare_runs, format_table, register_cli
 from emitlab.errors import RunFolderError
+from emitlab.report.compare import compare_runs, format_table, register_cli
 
 from test_report_helpers import baseline_split_run, schema2_run
 
@@ -239,7 +239,7 @@ def test_real_run_folders(tmp_path_factory, tiny_model, runs, tmp_path, capsys):
 
 
 def test_terminal_view_fits_120_columns(runs, schema2, tmp_path, capsys):
-    from emitlab.compare import format_terminal, terminal_view
+    from emitlab.report.compare import format_terminal, terminal_view
 
     long = tmp_path / ("a-very-long-run-folder-name-" * 3)
     shutil.copytree(schema2, long)

@@ -9,9 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emitlab.calibration import fast_macro_f1
-from emitlab.crossfit import FOLD_FILE, PREDICTIONS_FILE, crossfit, kfold_plan, split_plan
-from emitlab.ensemble import Stacker, WeightedAverage, combiner_from_dict, nested_score, simplex_grid, tuned_macro_f1
+from emitlab.engine.calibration import fast_macro_f1
+from emitlab.engine.crossfit import FOLD_FILE, PREDICTIONS_FILE, crossfit, kfold_plan, split_plan
+from emitlab.engine.ensemble import (
+    Stacker,
+    WeightedAverage,
+    combiner_from_dict,
+    nested_score,
+    simplex_grid,
+    tuned_macro_f1,
+)
 from emitlab.errors import ModelFormatError
 from emitlab.export import write_export
 from emitlab.settings import CalibrationConfig

@@ -11,7 +11,7 @@ import torch
 from emitlab.cli import main
 from emitlab.devices import check_processes_fit_devices, model_device, pick_device, precision_flags
 from emitlab.errors import SettingsError
-from emitlab.members.transformer import TorchBackend
+from emitlab.members.transformer.member import TorchBackend
 
 from conftest import TINY_TRAIN
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from emitlab.cli import main
-from emitlab.crossfit import crossfit, kfold_plan, with_extra_rows
 from emitlab.data.cleaning import TextCleaner
 from emitlab.data.duplicates import loose_key
 from emitlab.data.extra import (
@@ -20,10 +19,11 @@ from emitlab.data.extra import (
     load_multiemotions_it,
     parse_spec,
 )
+from emitlab.engine.crossfit import crossfit, kfold_plan, with_extra_rows
 from emitlab.errors import DataError, SettingsError
 from emitlab.labels import TASK_A_LABELS
 from emitlab.members.linear import fit_logistic_heads
-from emitlab.models.losses import AsymmetricLoss, FocalLoss, WeightedBCELoss, cell_weights, prior_log_odds
+from emitlab.members.transformer.losses import AsymmetricLoss, FocalLoss, WeightedBCELoss, cell_weights, prior_log_odds
 from emitlab.settings import CleaningConfig
 
 from conftest import TINY_FOLDS, TINY_TRAIN

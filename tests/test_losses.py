@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from emitlab.models.losses import (
+from emitlab.members.transformer.losses import (
     AsymmetricLoss,
     FocalLoss,
     WeightedBCELoss,
@@ -154,7 +154,7 @@ def test_bernoulli_symmetric_kl_by_hand():
 def test_bias_init_equals_log_odds(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from emitlab.models.transformer import EmotionModel, build_model
+    from emitlab.members.transformer.model import EmotionModel, build_model
     from emitlab.settings import TrainConfig
 
     folder = tmp_path / "m"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emitlab.models import me5
+from emitlab.members.transformer import me5
 
 # A handful of EMit-like strings: accents, apostrophes, hashtags, @user, URLs, emoji with
 # skin tones / flags / ZWJ sequences, emoji unknown to the vocabulary (runs of them), odd spaces.

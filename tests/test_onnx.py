@@ -23,8 +23,8 @@ import pytest
 from emitlab.cli import main
 from emitlab.export import META_FILE, read_meta, write_export
 from emitlab.inference import EmotionClassifier
-from emitlab.members.transformer import NETWORK_FILE, read_network_meta
-from emitlab.onnx_export import ONNX_FILE, ONNX_INT8_FILE, OnnxBackend, export_onnx, load_onnx_backend
+from emitlab.inference.onnx_export import ONNX_FILE, ONNX_INT8_FILE, OnnxBackend, export_onnx, load_onnx_backend
+from emitlab.members.transformer.member import NETWORK_FILE, read_network_meta
 
 from conftest import emit_dir
 from synthetic import make_rows
@@ -214,7 +214,7 @@ def test_export_onnx_cli(ensemble, tiny_export, tmp_path, capsys, monkeypatch):
     assert [e.path for e in engines(clf)] == [net / ONNX_FILE for net in nets]
 
     # a read-only export: the files are written under --out but cannot be recorded, and say so
-    import emitlab.onnx_export as onnx_export
+    import emitlab.inference.onnx_export as onnx_export
 
     def read_only(folder, updates):
         raise PermissionError(13, "Permission denied", str(Path(folder) / NETWORK_FILE))
@@ -304,7 +304,7 @@ def test_real_model_parity_and_int8_f1(tmp_path):
     """fp32 ONNX == torch on the 1000 EMit test texts for the whole classifier; int8 costs
     little macro-F1."""
     from emitlab.data.loading import load_table
-    from emitlab.evaluation import macro_f1
+    from emitlab.engine.evaluation import macro_f1
 
     env = os.environ.get("EMITLAB_MODEL")
     if not env or not (Path(env) / META_FILE).is_file():
@@ -342,7 +342,7 @@ INT8_MAX_ABS_DP = 0.01  # per-token on the tiny networks: about 0.001 measured (
 
 def network_probas(path: Path, net: Path, texts: list[str]) -> np.ndarray:
     """Probabilities of one network's ONNX file ``path`` (its own predictor, batches of 16)."""
-    from emitlab.members.transformer import load_predictor
+    from emitlab.members.transformer.member import load_predictor
 
     predictor, _ = load_predictor(net, "onnx")
     predictor.engine = OnnxBackend(path, threads=1)
@@ -352,7 +352,7 @@ def network_probas(path: Path, net: Path, texts: list[str]) -> np.ndarray:
 def test_int8_per_token_is_close_to_fp32(exported, tmp_path):
     """The default int8 file (per-token activations, per-channel weights) stays within
     INT8_MAX_ABS_DP of fp32 ONNX; network.json says what it is."""
-    from emitlab.onnx_export import quantize_int8
+    from emitlab.inference.onnx_export import quantize_int8
 
     folder, _ = exported
     texts = varied_texts(60)
@@ -374,8 +374,8 @@ def test_int8_per_token_is_close_to_fp32(exported, tmp_path):
 def test_int8_measured_options_stay_close_to_fp32(exported, tmp_path):
     """The options benchmarks/int8.py measures (asymmetric per-token activations, SmoothQuant
     ranges from calibration texts, MatMuls kept fp32) write graphs as faithful as the default."""
-    from emitlab.members.transformer import load_predictor
-    from emitlab.onnx_export import _quantize_per_token, matmul_input_absmax
+    from emitlab.inference.onnx_export import _quantize_per_token, matmul_input_absmax
+    from emitlab.members.transformer.member import load_predictor
 
     folder, _ = exported
     net = networks(folder)[0]
@@ -397,7 +397,7 @@ def test_int8_measured_options_stay_close_to_fp32(exported, tmp_path):
 
 def test_int8_scheme_option(ensemble, tmp_path):
     from emitlab.errors import SettingsError
-    from emitlab.onnx_export import quantize_int8
+    from emitlab.inference.onnx_export import quantize_int8
 
     folder = fresh_copy(ensemble, tmp_path / "model")
     net = networks(folder)[0]

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emitlab import batch_predict as bp
-from emitlab.batch_predict import (
+from emitlab.batch import predict as bp
+from emitlab.batch.predict import (
     OutputExistsError,
     check_output,
     iter_input_chunks,
@@ -271,7 +271,7 @@ def test_stdout_output(tmp_path, capsys):
 
 def test_ray_missing_is_a_one_line_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" raises ImportError
-    from emitlab.ray_predict import import_ray
+    from emitlab.batch.ray_predict import import_ray
 
     with pytest.raises(SettingsError, match=r"pip install 'emitlab\[ray\]'"):
         import_ray()

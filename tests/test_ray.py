@@ -16,8 +16,8 @@ pytest.importorskip("ray.data")
 # Ray Data's own DataContext warns about its deprecated fields when it is copied to the workers
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
+from emitlab.batch.ray_predict import MARKER  # noqa: E402
 from emitlab.cli import main  # noqa: E402
-from emitlab.ray_predict import MARKER  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_ray_parquet_input_and_a_bad_row(model, rows, tmp_path, capsys):
 def test_one_small_file_is_cut_into_a_block_per_chunk(rows, tmp_path):
     """Ray reads a few hundred kilobytes as one block, and one block would go to one actor: the
     input is cut into blocks of at most --chunk-size rows so that every actor gets a share."""
-    from emitlab.ray_predict import _read
+    from emitlab.batch.ray_predict import _read
 
     inp = tmp_path / "in.parquet"
     rows.to_parquet(inp, index=False)

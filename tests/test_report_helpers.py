@@ -105,8 +105,8 @@ def _trainer_log(steps: int = 120) -> list[dict]:
 
 def make_schema1_folder(path: Path, n_val: int = 120, n_test: int = 80) -> Path:
     """An ``emitlab run`` folder as the engine wrote it before cross-fitting (metrics schema 1)."""
-    from emitlab.calibration import calibrate
-    from emitlab.evaluation import evaluate_decoded
+    from emitlab.engine.calibration import calibrate
+    from emitlab.engine.evaluation import evaluate_decoded
 
     path.mkdir(parents=True, exist_ok=True)
     labels = list(TASK_A_LABELS)

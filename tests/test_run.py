@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emitlab.calibration import Decoder
 from emitlab.cli import main
+from emitlab.engine.calibration import Decoder
 from emitlab.inference import EmotionClassifier
 
 from conftest import TINY_FOLDS, TINY_TRAIN

@@ -171,7 +171,7 @@ def test_a_run_that_cannot_fit_on_its_disk_is_refused_before_training(emit_folde
 def test_checkpoints_that_may_not_fit_are_a_warning(tiny_model, tmp_path, monkeypatch, caplog):
     import numpy as np
 
-    from emitlab.crossfit import FOLD_FILE, split_plan
+    from emitlab.engine.crossfit import FOLD_FILE, split_plan
     from emitlab.jobs import check_disk_space
     from emitlab.settings import TrainConfig
 

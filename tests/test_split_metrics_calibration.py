@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from emitlab.calibration import (
+from emitlab.data.loading import DataError, TextDataset
+from emitlab.data.split import kfold_indices, split_dataset, stratified_split
+from emitlab.engine.calibration import (
     best_global_threshold,
     best_thresholds,
     calibrate,
@@ -14,9 +16,7 @@ from emitlab.calibration import (
     f1_threshold_curves,
     fast_macro_f1,
 )
-from emitlab.data.loading import DataError, TextDataset
-from emitlab.data.split import kfold_indices, split_dataset, stratified_split
-from emitlab.evaluation import evaluate, macro_f1
+from emitlab.engine.evaluation import evaluate, macro_f1
 from emitlab.labels import TASK_A_LABELS
 
 

@@ -168,7 +168,7 @@ def test_resume_after_sigkill(tiny_model, emit_folder, tmp_path):
 
 
 def test_resume_skips_checkpoints_that_were_not_completely_written(tmp_path):
-    from emitlab.members.transformer import last_complete_checkpoint
+    from emitlab.members.transformer.member import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "none") is None
     for step, state in ((5, "{}"), (10, None), (15, '{"global_step": 1')):  # whole, no state, cut state

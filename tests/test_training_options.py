@@ -57,8 +57,8 @@ def test_cli_reports_a_bad_value_as_a_user_error(tmp_path, capsys):
 def _trainer(model, tmp_path, **kwargs):
     from transformers import TrainingArguments
 
-    from emitlab.models.losses import WeightedBCELoss
-    from emitlab.models.transformer import EmotionTrainer
+    from emitlab.members.transformer.losses import WeightedBCELoss
+    from emitlab.members.transformer.model import EmotionTrainer
 
     args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=1e-3, weight_decay=0.01, use_cpu=True,
                              report_to=[], label_names=["labels"])
@@ -80,7 +80,7 @@ def _batch(tiny_model, n=4):
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_layer_decay_learning_rates(tiny_model, tmp_path, pooling):
-    from emitlab.models.transformer import build_model
+    from emitlab.members.transformer.model import build_model
 
     model = build_model(tiny_model, 3, TrainConfig(pooling=pooling, freeze_word_embeddings=False), None)
     n = model.config.num_hidden_layers
@@ -113,7 +113,7 @@ def test_layer_decay_learning_rates(tiny_model, tmp_path, pooling):
 def test_layer_decay_places_other_architectures(arch):
     from transformers import DistilBertConfig, DistilBertModel, XLMRobertaConfig, XLMRobertaModel
 
-    from emitlab.models.transformer import EmotionModel, layer_lr_scales
+    from emitlab.members.transformer.model import EmotionModel, layer_lr_scales
 
     if arch == "xlm-roberta":
         encoder = XLMRobertaModel(XLMRobertaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3,
@@ -141,7 +141,7 @@ def test_layer_decay_places_other_architectures(arch):
 
 
 def test_multi_sample_dropout_averages_masks_in_training_only(tiny_model):
-    from emitlab.models.transformer import build_model
+    from emitlab.members.transformer.model import build_model
 
     model = build_model(tiny_model, 3, TrainConfig(dropout=0.5, multi_sample_dropout=4), None)
     batch = _batch(tiny_model)
@@ -170,8 +170,8 @@ def test_multi_sample_dropout_averages_masks_in_training_only(tiny_model):
 
 
 def test_rdrop_adds_a_non_negative_consistency_term(tiny_model, tmp_path):
-    from emitlab.models.losses import WeightedBCELoss, bernoulli_symmetric_kl
-    from emitlab.models.transformer import build_model
+    from emitlab.members.transformer.losses import WeightedBCELoss, bernoulli_symmetric_kl
+    from emitlab.members.transformer.model import build_model
 
     model = build_model(tiny_model, 3, TrainConfig(dropout=0.3), None)
     trainer = _trainer(model, tmp_path, rdrop_alpha=2.0)
@@ -203,7 +203,7 @@ def test_rdrop_adds_a_non_negative_consistency_term(tiny_model, tmp_path):
 
 
 def test_weight_average_by_hand(tmp_path):
-    from emitlab.models.transformer import WeightAverage
+    from emitlab.members.transformer.model import WeightAverage
 
     net = torch.nn.Linear(2, 1)
     net.bias.requires_grad_(False)  # frozen weights are not averaged
@@ -233,7 +233,7 @@ def test_weight_average_at_the_end_of_training(tmp_path):
     average saved in that checkpoint; a best checkpoint without one keeps its raw weights."""
     from types import SimpleNamespace
 
-    from emitlab.models.transformer import WeightAverage
+    from emitlab.members.transformer.model import WeightAverage
 
     net = torch.nn.Linear(1, 1, bias=False)
     avg = WeightAverage(0.5)
@@ -283,7 +283,7 @@ def _recorder():
 def test_member_with_weight_average_keeps_the_average(tiny_model, tmp_path, monkeypatch):
     """Cross-fitting mode (no evaluation): the model ends with the bias-corrected average of the
     weights after every step, recomputed here from the raw weights; it saves and reloads."""
-    import emitlab.members.transformer as mt
+    import emitlab.members.transformer.member as mt
 
     from synthetic import make_rows
 
@@ -317,8 +317,8 @@ def test_weight_average_survives_a_resume(tiny_model, tmp_path):
     same weights as the uninterrupted run."""
     import shutil
 
-    import emitlab.members.transformer as mt
-    from emitlab.models.transformer import WeightAverage
+    import emitlab.members.transformer.member as mt
+    from emitlab.members.transformer.model import WeightAverage
 
     from synthetic import make_rows
 
@@ -342,9 +342,9 @@ def test_weight_average_with_select_on_eval(tiny_model, tmp_path):
     member keeps, and scoring the kept model at 0.5 reproduces the Trainer's best evaluation."""
     from safetensors.torch import load_file
 
-    import emitlab.members.transformer as mt
-    from emitlab.evaluation import macro_f1
-    from emitlab.models.transformer import WeightAverage
+    import emitlab.members.transformer.member as mt
+    from emitlab.engine.evaluation import macro_f1
+    from emitlab.members.transformer.model import WeightAverage
 
     from synthetic import make_rows
 
@@ -378,9 +378,9 @@ def test_every_option_with_select_on_the_device(tiny_model, tmp_path, device):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, DataCollatorWithPadding, TrainingArguments
 
-    from emitlab.members.transformer import MODEL_INPUTS
-    from emitlab.models.losses import build_loss
-    from emitlab.models.transformer import EmotionTrainer, WeightAverage, build_model
+    from emitlab.members.transformer.losses import build_loss
+    from emitlab.members.transformer.member import MODEL_INPUTS
+    from emitlab.members.transformer.model import EmotionTrainer, WeightAverage, build_model
 
     from synthetic import make_rows
 

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from .errors import SettingsError
+from emitlab.errors import SettingsError
 
 log = logging.getLogger("emitlab")
 

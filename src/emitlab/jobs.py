@@ -20,20 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from .crossfit import (
-    FOLD_FILE,
-    CrossFitted,
-    FoldPlan,
-    crossfit,
-    fit_fold,
-    kfold_plan,
-    split_plan,
-    with_extra_rows,
-)
-from .data.augment import rare_label_mask
-from .data.cleaning import TextCleaner
-from .data.duplicates import loose_key
-from .data.extra import (
+from emitlab.data.augment import rare_label_mask
+from emitlab.data.cleaning import TextCleaner
+from emitlab.data.duplicates import loose_key
+from emitlab.data.extra import (
     ADAPTERS,
     OOD_DOMAIN,
     PROXY_CORPUS,
@@ -45,21 +35,31 @@ from .data.extra import (
     load_extra,
     restrict_labels,
 )
-from .data.loading import EmitData, TextDataset, label_warnings, load_emit, load_table
-from .devices import check_processes_fit_devices, pick_device
-from .errors import DataError, DiskSpaceError, SettingsError
-from .evaluation import evaluate_decoded, write_submission
-from .labels import labels_for_task
-from .runs import RunDir
-from .settings import (
+from emitlab.data.loading import EmitData, TextDataset, label_warnings, load_emit, load_table
+from emitlab.devices import check_processes_fit_devices, pick_device
+from emitlab.engine.crossfit import (
+    FOLD_FILE,
+    CrossFitted,
+    FoldPlan,
+    crossfit,
+    fit_fold,
+    kfold_plan,
+    split_plan,
+    with_extra_rows,
+)
+from emitlab.engine.evaluation import evaluate_decoded, write_submission
+from emitlab.errors import DataError, DiskSpaceError, SettingsError
+from emitlab.labels import labels_for_task
+from emitlab.members import FoldContext
+from emitlab.registry import MEMBERS
+from emitlab.runs import RunDir
+from emitlab.settings import (
     DATA_ENV,
     CalibrationConfig,
     CleaningConfig,
     DataConfig,
     EnsembleConfig,
-    LexiconConfig,
     RunConfig,
-    TfidfConfig,
     TrainConfig,
 )
 
@@ -182,7 +182,7 @@ def fold_plans(data: EmitData, cfgs: dict, run: RunDir, members: list[str],
     corpora (``train``), their rows are appended to every plan: they train in every fold, but
     the proxy corpus' rows get folds of their own (stratified, the same seed and K), so that
     each gets one out-of-fold prediction (one validation split in the 90/10 mode)."""
-    from .data.split import kfold_indices, stratified_split
+    from emitlab.data.split import kfold_indices, stratified_split
 
     run_cfg: RunConfig = cfgs[RunConfig]
     dcfg: DataConfig = cfgs[DataConfig]
@@ -191,13 +191,13 @@ def fold_plans(data: EmitData, cfgs: dict, run: RunDir, members: list[str],
     if run_cfg.folds <= 1:
         tr, va = stratified_split(y, dcfg.val_fraction, dcfg.seed, source=data.train.source)
         plans = {"default": split_plan(tr, va, n, dcfg.seed)}
-        if "transformer" in members:
-            plans["transformer"] = plans["default"]
+        if network_members(members):
+            plans[NETWORK_PLAN] = plans["default"]
     else:
         plans = {"default": kfold_plan(y, run_cfg.folds, dcfg.seed, data.train.source)}
         k_tr = run_cfg.transformer_folds or run_cfg.folds
-        if "transformer" in members:
-            plans["transformer"] = plans["default"] if k_tr == run_cfg.folds else \
+        if network_members(members):
+            plans[NETWORK_PLAN] = plans["default"] if k_tr == run_cfg.folds else \
                 kfold_plan(y, k_tr, dcfg.seed, data.train.source)
     if train is not None and len(train.texts) > n:
         y_proxy = train.labels[train.proxy]
@@ -221,35 +221,32 @@ def fold_plans(data: EmitData, cfgs: dict, run: RunDir, members: list[str],
 # Members
 
 
+#: The fold plan (in ``folds.json``) of the members that fine-tune a network (``network = True``):
+#: its own K, ``--transformer-folds``, as each fold is a fine-tuning.
+NETWORK_PLAN = "transformer"
+
+
+def network_members(members: list[str]) -> list[str]:
+    """The members of ``members`` whose registered class fine-tunes a network."""
+    return [m for m in members if getattr(MEMBERS.get(m), "network", False)]
+
+
+def plan_name(member: str) -> str:
+    return NETWORK_PLAN if network_members([member]) else "default"
+
+
 def member_factory(name: str, cfgs: dict, run: RunDir, plan: FoldPlan, texts: list[str], y: np.ndarray,
                    resume: bool):
-    """``fold -> Member`` for ``name``, with that fold's settings."""
-    if name == "tfidf":
-        from .members.tfidf import TfidfMember
-
-        return lambda i: TfidfMember(cfgs[TfidfConfig])
-    if name == "lexicon":
-        from .members.lexicon import LexiconMember
-
-        return lambda i: LexiconMember(cfgs[LexiconConfig])
-    if name == "transformer":
-        from .members.transformer import TransformerMember
-
-        split_mode = plan.k == 1
-
-        def make(i: int):
-            held = plan.folds[i][1]
-            held = held[held < plan.n]  # the best epoch is chosen on the task's rows, never on an extra corpus
-            return TransformerMember(
-                cfgs[TrainConfig], workdir=run / "work" / "transformer" / f"fold-{i}",
-                seed=cfgs[DataConfig].seed + i,
-                eval_texts=[texts[j] for j in held] if split_mode else None,
-                eval_labels=y[held] if split_mode else None, select_on_eval=split_mode, resume=resume)
-        return make
-    raise ValueError(f"unknown member {name!r}")
+    """``fold -> Member`` for ``name``: its registered class's ``for_fold``, with the run's settings."""
+    cls = MEMBERS.get(name)
+    context = FoldContext(configs=cfgs, workdir=run.path / "work" / name, texts=texts, labels=y, folds=plan.folds,
+                          n_task_rows=plan.n, seed=cfgs[DataConfig].seed, resume=resume,
+                          select_on_held=plan.k == 1)
+    return lambda i: cls.for_fold(context, i)
 
 
-def check_disk_space(run: RunDir, cfg: TrainConfig, plan: FoldPlan, export: bool, resume: bool) -> None:
+def check_disk_space(run: RunDir, cfg: TrainConfig, plan: FoldPlan, export: bool, resume: bool,
+                     member: str = NETWORK_PLAN) -> None:
     """Refuse a run whose transformer folds cannot fit on the run folder's disk, before minutes
     of training rather than at the export; warn when only the training checkpoints may not fit.
 
@@ -258,7 +255,7 @@ def check_disk_space(run: RunDir, cfg: TrainConfig, plan: FoldPlan, export: bool
     holds every fold once more; while a fold trains, up to ``save_total_limit`` checkpoints of
     about three times the weights (weights and Adam's two moments) lie in ``work/``. Skipped for a
     Hub id (its size is not known before the download)."""
-    from .models.transformer import resolve_model_source
+    from emitlab.members.transformer.model import resolve_model_source
 
     try:
         source = resolve_model_source(cfg.model)
@@ -269,7 +266,7 @@ def check_disk_space(run: RunDir, cfg: TrainConfig, plan: FoldPlan, export: bool
     files = [f for f in Path(source).rglob("*") if f.is_file()]
     fold_bytes = sum(f.stat().st_size for f in files)
     weight_bytes = sum(f.stat().st_size for f in files if f.suffix in (".safetensors", ".bin"))
-    todo = sum(not (resume and (run / "members" / "transformer" / f"fold-{i}" / FOLD_FILE).is_file())
+    todo = sum(not (resume and (run / "members" / member / f"fold-{i}" / FOLD_FILE).is_file())
                for i in range(plan.k))
     need = fold_bytes * (todo + (plan.k if export else 0))
     checkpoints = 3 * weight_bytes * cfg.save_total_limit
@@ -313,7 +310,7 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     ``calibration``, ``nested_macro_f1``), ``best_model``, ``ensemble`` (the choice), ``export``
     and ``timings_s``.
     """
-    from .ensemble import choose_combiner
+    from emitlab.engine.ensemble import choose_combiner
 
     t_start = time.time()
     timings: dict[str, float] = {}
@@ -324,7 +321,7 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     sets = data.prediction_sets
     if data.train.labels is None:
         raise DataError(f"{data.train.source}: the training file has no labels")
-    if "transformer" in members:  # before minutes of cheap members, not at the first transformer fold
+    if network_members(members):  # before minutes of cheap members, not at the first network fold
         check_processes_fit_devices(pick_device(cfgs[TrainConfig].device))
     if not getattr(run, "is_main", True):
         return _replica_engine(data, cfgs, run, members, resume, cleaner)
@@ -346,14 +343,15 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
         if not np.array_equal(p.rows, rows):  # pragma: no cover - both cover every row or the same split
             raise RuntimeError(f"fold plan {name!r} holds out different rows")
 
-    if "transformer" in members:
-        check_disk_space(run, cfgs[TrainConfig], plans["transformer"], export, resume)
+    for name in network_members(members):
+        check_disk_space(run, cfgs[TrainConfig], plans[NETWORK_PLAN], export, resume, name)
+    if network_members(members):
         if cfgs[TrainConfig].report_to == "wandb":  # every fold's W&B run under the run folder
             os.environ["WANDB_DIR"] = str(run.path.resolve())
 
     fitted: dict[str, CrossFitted] = {}
     for i, name in enumerate(members, 1):
-        plan = plans["transformer" if name == "transformer" else "default"]
+        plan = plans[plan_name(name)]
         log.info("[%d/%d] member %s: %d fold(s)", i, len(members), name, plan.k)
         t = time.time()
         make = member_factory(name, cfgs, run, plan, texts, y, resume)
@@ -422,7 +420,7 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     run.write_json("metrics.json", metrics)
     _write_training_logs(run, fitted)
     if report:
-        from .report import write_report
+        from emitlab.report import write_report
 
         t = time.time()
         write_report(run.path)
@@ -466,18 +464,18 @@ def _replica_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str],
     models here are dropped. With ``resume``, the folds rank 0 already saved are skipped here
     too (rank 0 writes a fold's ``fold.json`` only after that fold's training, so both ranks see
     the same folds done)."""
-    from .crossfit import FOLD_FILE
+    from emitlab.engine.crossfit import FOLD_FILE
 
     train = training_rows(data, cleaner.clean_many(data.train.texts), cleaner, cfgs[DataConfig].domain_marker)
     texts, y = train.texts, train.labels
     plans = fold_plans(data, cfgs, run, members, train)  # run.write_json writes nothing on this rank
     trained = 0
-    if "transformer" in members:
-        plan = plans["transformer"]
-        make = member_factory("transformer", cfgs, run, plan, texts, y, resume)
-        use_extra = "transformer" in cfgs[RunConfig].extra_data_members
+    for name in network_members(members):
+        plan = plans[NETWORK_PLAN]
+        make = member_factory(name, cfgs, run, plan, texts, y, resume)
+        use_extra = name in cfgs[RunConfig].extra_data_members
         for i, (tr, _) in enumerate(plan.folds):
-            if resume and (run / "members" / "transformer" / f"fold-{i}" / FOLD_FILE).is_file():
+            if resume and (run / "members" / name / f"fold-{i}" / FOLD_FILE).is_file():
                 continue
             fit_fold(make(i), texts, y, data.label_names, tr, plan.n, train.mask, train.sample_weight, use_extra)
             trained += 1
@@ -500,7 +498,7 @@ def _write_training_logs(run: RunDir, fitted: dict[str, CrossFitted]) -> None:
 
 
 def _write_stats(data: EmitData, run: RunDir) -> None:
-    from .data.stats import compute_stats, plot_stats
+    from emitlab.data.stats import compute_stats, plot_stats
 
     stats = [compute_stats(ds.texts, ds.labels, ds.label_names, name=name)
              for name, ds in (("train", data.train), ("test", data.test)) if ds is not None and ds.labels is not None]
@@ -519,7 +517,7 @@ def _save_predictions(run: RunDir, data: EmitData, rows: np.ndarray, fitted: dic
     """``predictions.npz``: gold and probabilities of every member and candidate on the
     out-of-fold rows (``*_validation``) and every prediction set (and the out-of-domain proxy,
     ``*_ood_proxy``); ``validation_rows`` indexes the training file."""
-    from .io import atomic_path
+    from emitlab.io import atomic_path
 
     arrays: dict[str, np.ndarray] = {"y_validation": data.train.labels[rows], "validation_rows": rows}
     if proxy is not None:
@@ -553,8 +551,8 @@ def export_run(run: RunDir, data: EmitData, cfgs: dict, members: list[str], fitt
     """Write ``run/model`` (+ .zip) holding the members the chosen combination uses, reload it
     and record how far its probabilities drift from the run's on the first prediction set (0.0 on
     the CPU; reloaded on the device the run predicted on)."""
-    from .export import write_export
-    from .inference import EmotionClassifier
+    from emitlab.export import write_export
+    from emitlab.inference import EmotionClassifier
 
     used = _members_used(best, members)
     meta = {
@@ -574,7 +572,7 @@ def export_run(run: RunDir, data: EmitData, cfgs: dict, members: list[str], fitt
     path = write_export(run / "model", meta, folders)
     # reload where the run predicted (a fine-tuned member predicts on its training device): the
     # check is then of the files alone, not of CPU vs GPU kernels (about 1e-7 apart)
-    device = pick_device(cfgs[TrainConfig].device) if "transformer" in used else "cpu"
+    device = pick_device(cfgs[TrainConfig].device) if network_members(used) else "cpu"
     reloaded = EmotionClassifier.from_pretrained(path, device=device)
     check_set = next(iter(set_texts), None)
     info: dict[str, Any] = {"path": str(path), "model": best.name, "members": used, "reload_device": device}

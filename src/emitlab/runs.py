@@ -15,9 +15,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import RunFolderError
-from .io import atomic_write_json
-from .settings import section_name
+from emitlab.errors import RunFolderError
+from emitlab.io import atomic_write_json
+from emitlab.settings import section_name
 
 log = logging.getLogger("emitlab")
 

@@ -31,12 +31,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SettingsError
+from emitlab.errors import SettingsError
+from emitlab.registry import COMBINERS, MEMBERS
 
 DATA_ENV = "EMITLAB_DATA"
 
-#: Where the transformer members of an export run: PyTorch, or onnxruntime on CPU (fp32 or int8).
-BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 # --------------------------------------------------------------------------------------
@@ -430,7 +429,7 @@ class TrainConfig(SettingsGroup):
 @dataclass
 class EnsembleConfig(SettingsGroup):
     combiners: list[str] = field(default_factory=lambda: ["average", "stacker"], metadata={
-        "choices": ["average", "stacker"], "help": (
+        "choices": COMBINERS.choices, "help": (
             "Combiners tried besides each member alone: 'average' (weighted mean of probabilities and of logits, "
             "weights on a grid) and 'stacker' (per-label logistic regression over all members' logits).")})
     weight_step: float = field(default=0.0, metadata={"min": 0, "max": 1, "off": "0 = automatic", "help": (
@@ -442,17 +441,14 @@ class EnsembleConfig(SettingsGroup):
         "the other folds, so a choice is never scored on the rows that made it).")})
 
 
-MEMBERS = ["tfidf", "lexicon", "transformer"]
-
-
 @dataclass
 class RunConfig(SettingsGroup):
     profile: str = field(default="full", metadata={"choices": ["full", "best", "quick"], "help": (
         "full: 3 transformer folds x 6 epochs, within an hour on 2 CPU cores; best: 5 transformer folds x 6 "
         "epochs (more and better-fed fold models to average; slower); quick: every member, fold and combiner on a few "
         "training steps, a smoke run of a few minutes. Profiles apply to `emitlab run`.")})
-    members: list[str] = field(default_factory=lambda: list(MEMBERS), metadata={
-        "choices": MEMBERS, "min_items": 1, "help": (
+    members: list[str] = field(default_factory=lambda: list(MEMBERS.builtin), metadata={
+        "choices": MEMBERS.choices, "min_items": 1, "help": (
             "Ensemble members: tfidf (word+char TF-IDF + logistic regression), lexicon (ELIta emotion-lexicon "
             "features + logistic regression), transformer (the fine-tuned encoder of the train settings).")})
     folds: int = field(default=5, metadata={"min": 1, "help": (
@@ -460,8 +456,8 @@ class RunConfig(SettingsGroup):
         "1 = the single 90/10 split of --val-fraction instead.")})
     transformer_folds: int = field(default=3, metadata={"min": 0, "off": "0 = the same as --folds", "help": (
         "K for the transformer (its folds cost a fine-tuning each); 0 = the same as --folds.")})
-    extra_data_members: list[str] = field(default_factory=lambda: list(MEMBERS), metadata={
-        "choices": MEMBERS, "min_items": 1, "help": (
+    extra_data_members: list[str] = field(default_factory=lambda: list(MEMBERS.builtin), metadata={
+        "choices": MEMBERS.choices, "min_items": 1, "help": (
             "Members that train on the --extra-data rows; the others train on the task's training file alone.")})
     report: bool = field(default=True, metadata={"help": "Write report.html into the run folder."})
 

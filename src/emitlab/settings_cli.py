@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import SettingsError
-from .settings import check_value, field_type, section_name, type_hints
+from emitlab.errors import SettingsError
+from emitlab.settings import check_value, field_type, section_name, type_hints
 
 #: Top-level keys of a run's ``config.json`` that are not settings groups (it is a valid ``--config``).
 NON_SECTION_KEYS = frozenset({"command", "versions", "git"})

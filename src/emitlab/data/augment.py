@@ -19,8 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import SettingsError
-from .elita import EMOTIONS, lexicon_bytes, read_ratings
+from emitlab.data.elita import EMOTIONS, lexicon_bytes, read_ratings
+from emitlab.errors import SettingsError
 
 #: A label on fewer training texts than this share is rare when no list is given.
 RARE_PREVALENCE = 0.10

@@ -35,7 +35,7 @@ from typing import Any
 import emoji as _emoji
 
 # The settings live with every other settings group; re-exported here, where they are applied.
-from ..settings import MENTION_PLACEHOLDER, URL_PLACEHOLDER, CleaningConfig
+from emitlab.settings import MENTION_PLACEHOLDER, URL_PLACEHOLDER, CleaningConfig
 
 __all__ = ["CleaningConfig", "TextCleaner", "URL_PLACEHOLDER", "MENTION_PLACEHOLDER"]
 

@@ -15,8 +15,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .cleaning import TextCleaner
-from .loading import EmitData, TextDataset
+from emitlab.data.cleaning import TextCleaner
+from emitlab.data.loading import EmitData, TextDataset
 
 TEST_SETS = ("test", "test_ood", "test_nolabel", "ood_nolabel")
 LEVELS = ("exact", "cleaned")

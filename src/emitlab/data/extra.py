@@ -43,8 +43,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import DataError, SettingsError
-from ..labels import NEUTRAL, TASK_A_LABELS
+from emitlab.errors import DataError, SettingsError
+from emitlab.labels import NEUTRAL, TASK_A_LABELS
 
 #: Folder of the extra corpora when ``--extra-data-dir`` is not given.
 EXTRA_DATA_ENV = "EMITLAB_EXTRA_DATA"
@@ -307,7 +307,7 @@ def _xed_corpus(name: str, path: Path, texts: list[str], codes: list[list[int]],
 def _from_table(path: Path, label_names: Sequence[str]) -> ExtraCorpus:
     """Any table with a ``text`` column (and ``id``, optional): the label columns present are
     annotated, the others masked; at least one must be present."""
-    from .loading import _read_frame, dataset_from_frame
+    from emitlab.data.loading import _read_frame, dataset_from_frame
 
     if not path.is_file():
         raise DataError(f"{path}: missing (--extra-data file)")

@@ -22,8 +22,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError  # re-exported: callers import it from here
-from ..labels import NEUTRAL, labels_for_task
+from emitlab.errors import DataError  # re-exported: callers import it from here
+from emitlab.labels import NEUTRAL, labels_for_task
 
 
 @dataclass

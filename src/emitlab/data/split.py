@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
-from ..io import atomic_write_json
-from .loading import DataError, TextDataset
+from emitlab.data.loading import DataError, TextDataset
+from emitlab.io import atomic_write_json
 
 
 def _split_sizes(n: int, val_fraction: float) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_path
+from emitlab.io import atomic_path
 
 __all__ = ["DatasetStats", "compute_stats", "format_stats", "plot_stats"]
 

@@ -39,10 +39,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.elita import DIMENSIONS, EMOTIONS, VAD, lexicon_bytes, read_ratings
-from ..errors import ModelFormatError
-from ..settings import LexiconConfig
-from .linear import (
+from emitlab.data.elita import DIMENSIONS, EMOTIONS, VAD, lexicon_bytes, read_ratings
+from emitlab.errors import ModelFormatError
+from emitlab.members.linear import (
     check_fit_inputs,
     fit_logistic_heads,
     load_heads,
@@ -54,6 +53,7 @@ from .linear import (
     spec_config,
     spec_label_names,
 )
+from emitlab.settings import LexiconConfig
 
 _EMOJI_NOISE_RE = re.compile("[\ufe0f\ufe0e\U0001F3FB-\U0001F3FF]")  # variation selectors, skin tones
 _WORD_RE = re.compile(r"[^\W\d_]+")
@@ -243,6 +243,12 @@ class LexiconMember:
     """Standardised ELIta features, one (balanced) logistic regression per label."""
 
     kind = "lexicon"
+    network = False
+
+    @classmethod
+    def for_fold(cls, context, fold: int) -> "LexiconMember":
+        """The member of one fold of a run: the run's ``LexiconConfig``, the same for every fold."""
+        return cls(context.config(LexiconConfig))
 
     def __init__(self, config: LexiconConfig | None = None):
         self.config = config or LexiconConfig()

@@ -26,8 +26,8 @@ import numpy as np
 from scipy import sparse
 from scipy.special import expit
 
-from ..errors import ModelFormatError, SettingsError
-from ..io import atomic_path
+from emitlab.errors import ModelFormatError, SettingsError
+from emitlab.io import atomic_path
 
 #: Rate used for a constant label column is clipped into [EPS, 1 - EPS] before its logit.
 EPS = 1e-6

@@ -22,10 +22,9 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import sparse
 
-from ..errors import ModelFormatError
-from ..io import atomic_write_text
-from ..settings import TfidfConfig
-from .linear import (
+from emitlab.errors import ModelFormatError
+from emitlab.io import atomic_write_text
+from emitlab.members.linear import (
     check_fit_inputs,
     fit_logistic_heads,
     load_heads,
@@ -38,6 +37,7 @@ from .linear import (
     spec_config,
     spec_label_names,
 )
+from emitlab.settings import TfidfConfig
 
 ANALYZERS = ("word", "char")
 
@@ -61,6 +61,12 @@ class TfidfMember:
     """Word + char TF-IDF features, one (balanced) logistic regression per label."""
 
     kind = "tfidf"
+    network = False
+
+    @classmethod
+    def for_fold(cls, context, fold: int) -> "TfidfMember":
+        """The member of one fold of a run: the run's ``TfidfConfig``, the same for every fold."""
+        return cls(context.config(TfidfConfig))
 
     def __init__(self, config: TfidfConfig | None = None):
         self.config = config or TfidfConfig()

@@ -57,8 +57,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from .batching import BatchError, MicroBatcher, ShuttingDown
-from .metrics import RequestMetrics, ServingMetrics
+from emitlab.serving.batching import BatchError, MicroBatcher, ShuttingDown
+from emitlab.serving.metrics import RequestMetrics, ServingMetrics
 
 DECODING_RULES = {
     "threshold": "A label is predicted when its probability is >= its threshold (chosen on validation data).",
@@ -276,7 +276,7 @@ def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_nam
         max_body_bytes = default_max_body_bytes(max_texts, max_chars)
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be at least 1")
-    from ..inference import rows_from_probs
+    from emitlab.inference import rows_from_probs
 
     info = _model_info(classifier, model_name)
     labels = list(classifier.label_names)
@@ -419,6 +419,6 @@ def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_nam
 def load_classifier(model: str | Path, backend: str = "torch", device: str | None = None):
     """The whole exported ensemble (folder or .zip): ``EmotionClassifier.from_pretrained``. The
     transformer members run on ``backend`` (their ONNX files are exported first when missing)."""
-    from ..inference import EmotionClassifier
+    from emitlab.inference import EmotionClassifier
 
     return EmotionClassifier.from_pretrained(model, device=device or None, backend=backend or "torch")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..settings import BACKENDS
+from emitlab.registry import BACKENDS
 
 
 def _positive_int(value: str) -> int:
@@ -48,7 +48,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="Export folder or its .zip (runs/<run>/model).")
     p.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1; 0.0.0.0 for all).")
     p.add_argument("--port", type=int, default=8000, help="Port (default: 8000).")
-    p.add_argument("--backend", choices=BACKENDS, default="torch",
+    p.add_argument("--backend", choices=BACKENDS.choices, default="torch",
                    help="Backend of the transformer members: torch, or onnxruntime on CPU with onnx (fp32) or "
                         "onnx-int8, exporting their ONNX files first when missing; the cheap members run in numpy "
                         "(default: torch).")
@@ -91,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .app import create_app, load_classifier
+    from emitlab.serving.app import create_app, load_classifier
 
     clf = load_classifier(args.model, backend=args.backend, device=args.device)
     name = Path(args.model).name

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .labels import NEUTRAL
+from emitlab.labels import NEUTRAL
 
 DEFAULT_THRESHOLD = 0.5
 

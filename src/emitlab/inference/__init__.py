@@ -16,15 +16,16 @@ Transformer members run on a *backend*: ``"torch"`` (default) or, through onnxru
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .calibration import Decoder
-from .data.cleaning import TextCleaner
-from .errors import ModelFormatError, SettingsError
-from .export import META_FILE, read_meta, resolve_export
-from .settings import BACKENDS, CleaningConfig
+from emitlab.data.cleaning import TextCleaner
+from emitlab.engine.calibration import Decoder
+from emitlab.errors import ModelFormatError, SettingsError
+from emitlab.export import META_FILE, read_meta, resolve_export
+from emitlab.registry import BACKENDS, MEMBERS
+from emitlab.settings import CleaningConfig
 
 
 class EmotionClassifier:
@@ -62,7 +63,7 @@ class EmotionClassifier:
                         backend: str = "torch") -> "EmotionClassifier":
         """Load an export folder or zip. ``backend="onnx"`` / ``"onnx-int8"`` run the transformer
         members with onnxruntime on CPU (their ONNX files are exported first if missing)."""
-        from .ensemble import combiner_from_dict
+        from emitlab.engine.ensemble import combiner_from_dict
 
         if backend not in BACKENDS:
             raise SettingsError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -70,7 +71,7 @@ class EmotionClassifier:
             # checked here, before any fold is loaded
             raise SettingsError(f"the {backend} backend runs on CPU with onnxruntime; "
                                 f"device {device!r} needs backend 'torch'")
-        from .members import check_member_files
+        from emitlab.members import check_member_files
 
         folder = resolve_export(path)
         meta = read_meta(folder)
@@ -136,9 +137,16 @@ def _load_fold(folder: Path, spec: dict, backend: str, device: str | None):
     """One fold model; anything unreadable in its files becomes a one-line ModelFormatError."""
     from safetensors import SafetensorError
 
-    from .members import load_member
+    from emitlab.members import load_member
 
-    kwargs = {"backend": backend, "device": device} if spec.get("kind") == "transformer" else {}
+    kind = spec.get("kind")
+    kwargs = {}
+    if kind in MEMBERS and getattr(MEMBERS.get(kind), "network", False):
+        kwargs = {"backend": backend, "device": device}
+        if BACKENDS.get(backend).file:  # an ONNX file missing from the folder: exported once, here
+            from emitlab.inference.onnx_export import ensure_backend_file
+
+            ensure_backend_file(folder, backend, device)
     try:
         return load_member(folder, spec, **kwargs)
     except (ModelFormatError, SettingsError):
@@ -155,14 +163,3 @@ def rows_from_probs(probs: np.ndarray, pred: np.ndarray, label_names: Sequence[s
          "probabilities": {n: round(float(p), 6) for n, p in zip(label_names, prow)}}
         for prow, row in zip(probs, pred)
     ]
-
-
-def read_texts(path: Path | None, texts: Iterable[str], text_col: str = "text") -> tuple[list[str], list[str]]:
-    """Texts from CLI arguments, a CSV/JSONL file or stdin lines; returns (ids, texts)."""
-    from .data.loading import load_table
-
-    if path is not None:
-        ds = load_table(path, text_col=text_col, id_col="id")
-        return ds.ids, ds.texts
-    texts = [t for t in texts if t.strip()]
-    return [str(i) for i in range(len(texts))], texts

@@ -24,8 +24,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import DiskSpaceError, ModelFormatError, SettingsError
-from .settings import CleaningConfig
+from emitlab.errors import DiskSpaceError, ModelFormatError, SettingsError
+from emitlab.settings import CleaningConfig
 
 META_FILE = "emitlab.json"
 FORMAT_VERSION = 2
@@ -43,9 +43,9 @@ def write_export(dest: Path, meta: dict[str, Any], member_folders: dict[str, lis
     weights are then stored once for ``members/`` and ``model/``, not twice. This is safe
     because nothing rewrites such a file in place: cross-fitting swaps in a whole new fold
     folder and every later writer (``network.json``, ONNX files) replaces its file."""
-    from .crossfit import FOLD_FILE, PREDICTIONS_FILE
-    from .io import atomic_path
-    from .runs import versions
+    from emitlab.engine.crossfit import FOLD_FILE, PREDICTIONS_FILE
+    from emitlab.io import atomic_path
+    from emitlab.runs import versions
 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)

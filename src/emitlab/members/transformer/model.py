@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, Trainer, TrainerCallback
 
-from ..errors import SettingsError
-from ..settings import TrainConfig
+from emitlab.errors import SettingsError
+from emitlab.settings import TrainConfig
 
 log = logging.getLogger("emitlab")
 
@@ -42,7 +42,7 @@ LABEL_WEIGHTS = "label_weights"
 
 def resolve_model_source(name: str) -> Path | str:
     """``me5-small`` -> the converted folder in the cache; anything else unchanged."""
-    from .me5 import ME5_SMALL, ensure_me5_small
+    from emitlab.members.transformer.me5 import ME5_SMALL, ensure_me5_small
 
     if name == ME5_SMALL:
         return ensure_me5_small()
@@ -159,7 +159,7 @@ def build_model(source: Path | str, num_labels: int, cfg: TrainConfig, train_lab
         # BertModel.from_pretrained leaves a pooler missing from the checkpoint randomly initialised
         log.info("CLS pooler: weights from the checkpoint where present, otherwise random")
     if cfg.bias_init and train_labels is not None:
-        from .losses import prior_log_odds
+        from emitlab.members.transformer.losses import prior_log_odds
 
         model.init_bias(prior_log_odds(train_labels, mask, sample_weight))
     if cfg.freeze_word_embeddings:
@@ -363,7 +363,7 @@ class EmotionTrainer(Trainer):
         labels = inputs.pop("labels")
         weights = inputs.pop(LABEL_WEIGHTS, None)  # 0 where a label is masked, the row's weight elsewhere
         if self.rdrop_alpha > 0 and model.training:
-            from .losses import bernoulli_symmetric_kl
+            from emitlab.members.transformer.losses import bernoulli_symmetric_kl
 
             doubled = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             logits_a, logits_b = model(**doubled)["logits"].chunk(2)

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .members import Member
+from emitlab.members import Member
 
 log = logging.getLogger("emitlab")
 
@@ -88,7 +88,7 @@ class FoldPlan:
 
 def kfold_plan(labels: np.ndarray, k: int, seed: int, source: str = "the data") -> FoldPlan:
     """K folds by multilabel iterative stratification (every row held out exactly once)."""
-    from .data.split import kfold_indices
+    from emitlab.data.split import kfold_indices
 
     folds = kfold_indices(labels, k, seed, source=source)
     plan = FoldPlan([(np.asarray(tr), np.asarray(te)) for tr, te in folds], len(labels), seed)
@@ -175,8 +175,8 @@ def crossfit(
     a fold already saved there is loaded, not refitted, so an interrupted run continues at the
     fold it stopped in.
     """
-    from .io import atomic_folder, atomic_write_json
-    from .members import load_member
+    from emitlab.io import atomic_folder, atomic_write_json
+    from emitlab.members import load_member
 
     texts = list(texts)
     n_labels = labels.shape[1]

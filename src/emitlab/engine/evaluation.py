@@ -11,10 +11,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """The official metric: sklearn's macro-F1 over the label columns."""
-    return float(f1_score(np.asarray(y_true), np.asarray(y_pred), average="macro", zero_division=0))
+from emitlab.scoring import macro_f1
 
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> dict:
@@ -41,7 +38,7 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str]) -> 
 
 def evaluate_decoded(y_true: np.ndarray, probs: np.ndarray, decoder, label_names: list[str]) -> dict:
     """Metrics of ``decoder``'s labels (calibrated) with the raw 0.5 metrics under ``"raw"``."""
-    from .calibration import DEFAULT_THRESHOLD, decode
+    from emitlab.engine.calibration import DEFAULT_THRESHOLD, decode
 
     out = evaluate(y_true, decoder.decode(probs), label_names)
     out["raw"] = evaluate(y_true, decode(probs, DEFAULT_THRESHOLD, label_names), label_names)
@@ -52,7 +49,7 @@ def write_submission(path: Path, ids: list[str], pred: np.ndarray, label_names: 
     """An official submission CSV: ``id,<labels>`` with 0/1 values, rows in the input's order."""
     import pandas as pd
 
-    from .io import atomic_path
+    from emitlab.io import atomic_path
 
     frame = pd.DataFrame(np.asarray(pred, dtype=int), columns=label_names)
     frame.insert(0, "id", ids)

@@ -17,8 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import SettingsError, UserError
-from .settings_cli import add_dataclass_arguments, build_configs, read_config_file
+from emitlab.errors import SettingsError, UserError
+from emitlab.settings_cli import add_dataclass_arguments, build_configs, read_config_file
 
 log = logging.getLogger("emitlab")
 
@@ -46,9 +46,9 @@ def _run_options(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from .data.stats import compute_stats, format_stats, plot_stats
-    from .jobs import load_data
-    from .settings import DataConfig
+    from emitlab.data.stats import compute_stats, format_stats, plot_stats
+    from emitlab.jobs import load_data
+    from emitlab.settings import DataConfig
 
     cfg = build_configs(args, [DataConfig])[DataConfig]
     data = load_data(cfg)
@@ -67,7 +67,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         plot_stats(stats, png)
     print(f"figure written to {png}")
     if args.json:
-        from .io import atomic_write_json
+        from emitlab.io import atomic_write_json
 
         with _output("--json", args.json):
             atomic_write_json(Path(args.json), [s.to_dict() for s in stats])
@@ -85,8 +85,8 @@ def _output(option: str, path: str | Path):
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
-    from .jobs import load_data
-    from .settings import DataConfig
+    from emitlab.jobs import load_data
+    from emitlab.settings import DataConfig
 
     cfg = build_configs(args, [DataConfig])[DataConfig]
     data = load_data(cfg)
@@ -99,12 +99,12 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
             sets[name] = {"source": ds.source, "rows": len(ds), "labels": ds.label_names if ds.has_labels else []}
     for w in data.warnings:
         print("note:", w)
-    from .data.duplicates import duplicate_report, report_lines
+    from emitlab.data.duplicates import duplicate_report, report_lines
 
     dups = duplicate_report(data)
     print("\n".join(report_lines(dups)))
     if args.json:
-        from .io import atomic_write_json
+        from emitlab.io import atomic_write_json
 
         report = {"sets": sets, "notes": data.warnings, "duplicates": dups}
         with _output("--json", args.json):
@@ -115,10 +115,10 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace, classes: list[type], command: str, defaults: dict | None = None):
     """Settings (defaults <- command defaults <- profile <- config file <- flags), data and run folder."""
-    from .io import to_jsonable
-    from .jobs import load_data
-    from .runs import RunDir, default_run_dir
-    from .settings import PROFILES, DataConfig, section_name
+    from emitlab.io import to_jsonable
+    from emitlab.jobs import load_data
+    from emitlab.runs import RunDir, default_run_dir
+    from emitlab.settings import PROFILES, DataConfig, section_name
 
     file_data = read_config_file(args.config, classes) if args.config else {}
     profile = vars(args).get("run.profile") or (file_data.get("run") or {}).get("profile") or \
@@ -144,14 +144,14 @@ def _prepare(args: argparse.Namespace, classes: list[type], command: str, defaul
 
 
 def _job_settings() -> list[type]:
-    from .settings import GROUPS
+    from emitlab.settings import GROUPS
 
     return list(GROUPS)
 
 
 def _job(args: argparse.Namespace, command: str, members: list[str] | None, defaults: dict) -> int:
-    from .jobs import run_engine, summary_table
-    from .settings import RunConfig
+    from emitlab.jobs import run_engine, summary_table
+    from emitlab.settings import RunConfig
 
     prepared = _prepare(args, _job_settings(), command, defaults)
     if prepared is None:  # --print-config
@@ -182,9 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Single-process (streaming, resumable; see emitlab.batch_predict) or Ray Data
-    (emitlab.ray_predict) prediction with the whole exported ensemble."""
-    from .errors import SettingsError
+    """Single-process (streaming, resumable; see emitlab.batch.predict) or Ray Data
+    (emitlab.batch.ray_predict) prediction with the whole exported ensemble."""
+    from emitlab.errors import SettingsError
 
     inputs = list(args.input or [])
     if args.engine == "ray":
@@ -198,14 +198,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise SettingsError("--engine ray writes Parquet only")
         if args.domain:
             raise SettingsError("--domain works with the local engine (Ray actors predict as the export's default)")
-        from .ray_predict import ray_predict
+        from emitlab.batch.ray_predict import ray_predict
 
         ray_predict(args.model, inputs, args.output, backend=args.backend, actors=args.ray_actors,
                     address=args.ray_address, text_col=args.text_col, chunk_size=args.chunk_size,
                     batch_size=args.batch_size, overwrite=args.overwrite, quiet=args.quiet)
         return 0
 
-    from .batch_predict import (
+    from emitlab.batch.predict import (
         check_output,
         check_resumable,
         iter_text_chunks,
@@ -215,7 +215,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predict_file,
         stdin_lines,
     )
-    from .inference import EmotionClassifier
+    from emitlab.inference import EmotionClassifier
 
     if args.ray_actors is not None or args.ray_address:
         raise SettingsError("--ray-actors and --ray-address need --engine ray")
@@ -256,8 +256,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .settings import (
-        BACKENDS,
+    from emitlab.registry import BACKENDS
+    from emitlab.settings import (
         CalibrationConfig,
         CleaningConfig,
         DataConfig,
@@ -325,9 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Continue an interrupted run in --out from its last checkpoint.")
     run.set_defaults(func=cmd_run)
 
-    from .compare import register_cli as register_compare
-    from .onnx_export import register_cli as register_onnx
-    from .serving.cli import register_cli as register_serve
+    from emitlab.inference.onnx_export import register_cli as register_onnx
+    from emitlab.report.compare import register_cli as register_compare
+    from emitlab.serving.cli import register_cli as register_serve
 
     register_compare(sub)
     register_serve(sub)
@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Continue an interrupted predict into --output where it stopped (<output>.progress.json).")
     pred.add_argument("--overwrite", action="store_true", help="Replace an existing --output.")
     pred.add_argument("--device", default=None, help="cpu, cuda or mps (default: cpu).")
-    pred.add_argument("--backend", choices=BACKENDS, default=None,
+    pred.add_argument("--backend", choices=BACKENDS.choices, default=None,
                       help="torch (default; onnx with --engine ray), or onnxruntime on CPU: onnx (fp32) or onnx-int8 "
                            "(quantised); the ONNX file is exported into the model folder first if missing "
                            "(see export-onnx).")

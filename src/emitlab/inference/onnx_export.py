@@ -48,9 +48,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ModelFormatError, SettingsError
-from .io import atomic_path, atomic_write_json
-from .settings import BACKENDS
+from emitlab.errors import ModelFormatError, SettingsError
+from emitlab.io import atomic_path, atomic_write_json
+from emitlab.members.transformer.backends import OnnxBackend, OnnxInt8Backend, backend_class, onnx_file
+from emitlab.registry import BACKENDS
 
 # torch, numpy, onnxruntime and the members are imported where they are used: the CLI
 # builds its parser (and so imports this module) on every call and must stay quick.
@@ -58,14 +59,14 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-    from .members.transformer import EncoderPredictor
+    from emitlab.members.transformer.member import EncoderPredictor
 
 log = logging.getLogger("emitlab")
 
-ONNX_FILE = "model.onnx"
-ONNX_INT8_FILE = "model.int8.onnx"
-#: backend name -> default file name in the export folder, for every backend but torch (see settings.BACKENDS)
-BACKEND_FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
+ONNX_FILE = OnnxBackend.file
+ONNX_INT8_FILE = OnnxInt8Backend.file
+#: backend name -> default file name in a network folder, for every registered backend that runs a file
+BACKEND_FILES = {name: cls.file for name, cls in BACKENDS.items() if cls.file}
 DEFAULT_OPSET = 17
 EXPORTERS = ("auto", "torchscript", "dynamo")
 
@@ -123,12 +124,12 @@ def out_subfolder(rel: str) -> str:
 
 def network_folders(path: Path) -> list[tuple[str, Path]]:
     """``(relative name, folder)`` of every transformer network in an export, or the folder itself."""
-    from .members.transformer import NETWORK_FILE
+    from emitlab.members.transformer.member import NETWORK_FILE
 
     path = Path(path)
     if (path / NETWORK_FILE).is_file():
         return [(".", path)]
-    from .export import read_meta, resolve_export
+    from emitlab.export import read_meta, resolve_export
 
     folder = resolve_export(path)
     meta = read_meta(folder)
@@ -145,7 +146,7 @@ def export_network_onnx(folder: Path, out_dir: Path | None = None, int8: bool = 
     are written but not recorded (``"recorded": false`` in the result)."""
     import torch
 
-    from .members.transformer import MODEL_INPUTS, load_predictor, read_network_meta
+    from emitlab.members.transformer.member import MODEL_INPUTS, load_predictor, read_network_meta
 
     if exporter not in EXPORTERS:
         raise SettingsError(f"unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
@@ -507,7 +508,7 @@ def _max_logit_diff(predictor: EncoderPredictor, onnx_path: Path, batches: list[
 
 def update_meta(folder: Path, updates: dict) -> dict:
     """Read ``network.json``, apply ``updates`` (top-level keys) and replace the file atomically."""
-    from .members.transformer import NETWORK_FILE, read_network_meta
+    from emitlab.members.transformer.member import NETWORK_FILE, read_network_meta
 
     meta = read_network_meta(folder)
     meta.update(updates)
@@ -540,56 +541,22 @@ def _ort_version() -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Backend
-
-
-class OnnxBackend:
-    """An onnxruntime session (CPU) mapping a padded batch to logits ``(batch, n_labels)``."""
-
-    def __init__(self, path: Path, name: str = "onnx", threads: int | None = None):
-        import onnxruntime as ort
-        import torch
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.name = name
-        self.path = Path(path)
-        self.device = torch.device("cpu")
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        import numpy as np
-
-        missing = [n for n in self.input_names if n not in batch]
-        if missing:
-            raise ModelFormatError(f"{self.path}: the graph needs inputs {missing} that the network's tokenizer "
-                                   "does not produce (an ONNX file from another model? export it again)")
-        feeds = {n: np.ascontiguousarray(batch[n], dtype=np.int64) for n in self.input_names}
-        return self.session.run(["logits"], feeds)[0]
-
-
-def onnx_file(folder: Path, meta: dict, backend: str) -> Path:
-    """Where ``backend``'s ONNX file is for a network folder: as recorded in its
-    ``network.json`` (a name inside the folder, or an absolute path written by ``--out``) when
-    that file exists, else the default name inside the folder."""
-    folder = Path(folder)
-    recorded = ((meta.get("onnx") or {}).get("files") or {}).get(backend)
-    if recorded and isinstance(recorded.get("file"), str):
-        path = Path(recorded["file"])
-        inside = path.is_absolute() or (folder / path).resolve().is_relative_to(folder.resolve())
-        path = path if path.is_absolute() else folder / path
-        if inside and path.is_file():
-            return path
-    return folder / BACKEND_FILES[backend]
+# Backend files
 
 
 def load_onnx_backend(folder: Path, backend: str, device: str | None = None) -> OnnxBackend:
-    """The :class:`OnnxBackend` for ``backend`` (``"onnx"`` or ``"onnx-int8"``) of a network
-    folder, exporting the ONNX file first when it is missing."""
-    from .members.transformer import read_network_meta
+    """The backend ``backend`` (``"onnx"`` or ``"onnx-int8"``) of a network folder, exporting its
+    ONNX file first when it is missing (:func:`ensure_backend_file`)."""
+    from emitlab.members.transformer.member import read_network_meta
+
+    ensure_backend_file(folder, backend, device)
+    return backend_class(backend).load(folder, read_network_meta(folder), device)
+
+
+def ensure_backend_file(folder: Path, backend: str, device: str | None = None) -> None:
+    """Export the ONNX file that ``backend`` runs into the network ``folder`` when it is missing
+    (once: the folder keeps it); nothing for a backend that runs no file of its own (torch)."""
+    from emitlab.members.transformer.member import read_network_meta
 
     if backend not in BACKENDS or backend not in BACKEND_FILES:
         raise SettingsError(f"not an ONNX backend: {backend!r} (expected one of {', '.join(BACKEND_FILES)})")
@@ -597,20 +564,19 @@ def load_onnx_backend(folder: Path, backend: str, device: str | None = None) -> 
         raise SettingsError(f"the {backend} backend runs on CPU with onnxruntime; device {device!r} needs backend "
                             "'torch'")
     path = onnx_file(folder, read_network_meta(folder), backend)
-    if not path.is_file():
-        log.warning("%s has no %s: exporting it now (once; `emitlab export-onnx --model` does this ahead of time)",
-                    folder, path.name)
-        advice = ("copy the export somewhere writable and load the copy, or run `emitlab export-onnx --model` on it "
-                  "once where it can be written")
-        why = unwritable(folder)
-        if why is not None:
-            raise ModelFormatError(f"{folder}: has no {path.name} and it cannot be written there ({why}); {advice}")
-        try:
-            export_network_onnx(folder, folder, int8=(backend == "onnx-int8"))
-        except OSError as exc:
-            raise ModelFormatError(f"{folder}: could not write {path.name} there ({exc}); {advice}") from exc
-        path = onnx_file(folder, read_network_meta(folder), backend)
-    return OnnxBackend(path, name=backend)
+    if path.is_file():
+        return
+    log.warning("%s has no %s: exporting it now (once; `emitlab export-onnx --model` does this ahead of time)",
+                folder, path.name)
+    advice = ("copy the export somewhere writable and load the copy, or run `emitlab export-onnx --model` on it "
+              "once where it can be written")
+    why = unwritable(folder)
+    if why is not None:
+        raise ModelFormatError(f"{folder}: has no {path.name} and it cannot be written there ({why}); {advice}")
+    try:
+        export_network_onnx(folder, folder, int8=(backend == "onnx-int8"))
+    except OSError as exc:
+        raise ModelFormatError(f"{folder}: could not write {path.name} there ({exc}); {advice}") from exc
 
 
 # --------------------------------------------------------------------------------------

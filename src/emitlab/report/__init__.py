@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from .calibration import DEFAULT_THRESHOLD, Decoder, f1_threshold_curves
-from .errors import RunFolderError
-from .io import atomic_write_text
+from emitlab.engine.calibration import DEFAULT_THRESHOLD, Decoder, f1_threshold_curves
+from emitlab.errors import RunFolderError
+from emitlab.io import atomic_write_text
 
 __all__ = ["write_report", "load_run", "render_report", "section_titles", "SECTIONS"]
 
@@ -452,7 +452,7 @@ def section_candidates(run: RunData) -> str:
 def section_distribution(run: RunData) -> str:
     if not run.data_stats:
         return note("data_stats.json is missing: no label distribution.")
-    from .data.stats import DatasetStats, plot_stats
+    from emitlab.data.stats import DatasetStats, plot_stats
 
     stats = [DatasetStats.from_dict(d) for d in run.data_stats]
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():

@@ -15,15 +15,16 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..devices import check_processes_fit_devices, model_device, pick_device, precision_flags
-from ..errors import ModelFormatError, SettingsError
-from ..io import atomic_write_json, to_jsonable
-from ..settings import BACKENDS, TrainConfig
+from emitlab.devices import check_processes_fit_devices, pick_device, precision_flags
+from emitlab.errors import ModelFormatError, SettingsError
+from emitlab.io import atomic_write_json, to_jsonable
+from emitlab.members.transformer.backends import Backend, TorchBackend, backend_class
+from emitlab.settings import TrainConfig
 
 log = logging.getLogger("emitlab")
 
@@ -36,31 +37,6 @@ CRASH_ENV = "EMITLAB_TEST_CRASH_AFTER_STEP"
 
 # --------------------------------------------------------------------------------------
 # Prediction
-
-
-class Backend(Protocol):
-    """Maps one padded batch (``{name: int64 array (batch, seq)}``, keys from
-    :data:`MODEL_INPUTS`) to logits ``(batch, n_labels)`` as a numpy array or torch tensor."""
-
-    name: str
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray | torch.Tensor: ...
-
-
-class TorchBackend:
-    """The PyTorch :class:`~emitlab.models.transformer.EmotionModel` on ``device`` (default: where
-    the model already is, so a model trained on CUDA keeps predicting on CUDA)."""
-
-    name = "torch"
-
-    def __init__(self, model, device: str | torch.device | None = None):
-        self.device = torch.device(device) if device else model_device(model)
-        self.model = model.eval().to(self.device)
-
-    @torch.inference_mode()
-    def __call__(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        inputs = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)).to(self.device) for k, v in batch.items()}
-        return self.model(**inputs)["logits"]
 
 
 class EncoderPredictor:
@@ -150,21 +126,12 @@ def load_predictor(folder: Path, backend: str = "torch", device: str | None = No
     with an ONNX backend)."""
     from transformers import AutoTokenizer
 
-    if backend not in BACKENDS:
-        raise SettingsError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    cls = backend_class(backend)
     folder = Path(folder)
     meta = read_network_meta(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = None
-    if backend == "torch":
-        from ..models.transformer import EmotionModel
-
-        model = EmotionModel.load(folder, len(meta["labels"]), meta.get("pooling", "mean"))
-        engine: Backend = TorchBackend(model, device or "cpu")
-    else:
-        from ..onnx_export import load_onnx_backend
-
-        engine = load_onnx_backend(folder, backend, device)
+    engine: Backend = cls.load(folder, meta, device)
+    model = getattr(engine, "model", None)
     return EncoderPredictor(tokenizer, engine, meta.get("input_prefix", ""), meta.get("max_length", 128)), model
 
 
@@ -182,6 +149,7 @@ class TransformerMember:
     """
 
     kind = "transformer"
+    network = True
 
     def __init__(self, config: TrainConfig | None = None, workdir: Path | None = None, seed: int = 42,
                  eval_texts: Sequence[str] | None = None, eval_labels: np.ndarray | None = None,
@@ -199,6 +167,17 @@ class TransformerMember:
         self.base_model = self.config.model
         self.fit_info: dict[str, Any] = {}
 
+    @classmethod
+    def for_fold(cls, context, fold: int) -> "TransformerMember":
+        """The fine-tuning of one fold of a run: its own work folder and seed (the run's + fold); in
+        the 90/10 mode the held task rows choose the best epoch."""
+        held = context.held_task_rows(fold)
+        select = context.select_on_held
+        return cls(context.config(TrainConfig), workdir=context.workdir / f"fold-{fold}", seed=context.seed + fold,
+                   eval_texts=[context.texts[j] for j in held] if select else None,
+                   eval_labels=context.labels[held] if select else None, select_on_eval=select,
+                   resume=context.resume)
+
     # ---- training
 
     def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
@@ -206,12 +185,12 @@ class TransformerMember:
             extra_rows: np.ndarray | None = None) -> "TransformerMember":
         """Fine-tune on ``texts``; with ``mask``/``sample_weight`` (extra corpora) every cell of the
         loss is weighted by its row's weight and 0 where its label is masked
-        (:func:`~emitlab.models.losses.cell_weights`), and the bias and ``pos_weight`` come from the
+        (:func:`~emitlab.members.transformer.losses.cell_weights`), and the bias and ``pos_weight`` come from the
         annotated cells. With ``extra_first_epochs`` > 0, the rows flagged in ``extra_rows`` train
         first, alone (stage 1), then the others (stage 2, the fine-tuning this member keeps)."""
         from transformers import set_seed
 
-        from ..models.transformer import build_model, default_prefix, load_tokenizer, resolve_model_source
+        from emitlab.members.transformer.model import build_model, default_prefix, load_tokenizer, resolve_model_source
 
         cfg = self.config
         if cfg.threads > 0:
@@ -296,8 +275,8 @@ class TransformerMember:
         returns the trainer, its ``train()`` result and the number of training rows."""
         from transformers import DataCollatorWithPadding, EarlyStoppingCallback
 
-        from ..models.losses import build_loss
-        from ..models.transformer import EmotionTrainer, WeightAverage
+        from emitlab.members.transformer.losses import build_loss
+        from emitlab.members.transformer.model import EmotionTrainer, WeightAverage
 
         workdir.mkdir(parents=True, exist_ok=True)
         texts, labels, weights = self._training_rows(rows, cfg)
@@ -341,8 +320,8 @@ class TransformerMember:
     def _training_rows(self, rows: "_Rows", cfg: TrainConfig) -> tuple[list[str], np.ndarray, np.ndarray | None]:
         """Texts, labels and loss weights of one stage: ``rows``, with the rare-label texts repeated
         (``oversample_rare``) and their swapped copies added (``augment_rare``)."""
-        from ..data.augment import augment_rare_rows, oversample_index, rare_label_mask
-        from ..models.losses import cell_weights
+        from emitlab.data.augment import augment_rare_rows, oversample_index, rare_label_mask
+        from emitlab.members.transformer.losses import cell_weights
 
         texts, labels = rows.texts, rows.labels
         weights = None if rows.mask is None and rows.sample_weight is None else \
@@ -437,10 +416,10 @@ class _Rows:
 def _to_dataset(predictor: EncoderPredictor, texts: Sequence[str], labels: np.ndarray | None,
                 weights: np.ndarray | None = None):
     """Token ids, ``labels`` and, with ``weights`` (n, L), the column :data:`LABEL_WEIGHTS` that
-    :class:`~emitlab.models.transformer.EmotionTrainer` hands to the loss."""
+    :class:`~emitlab.members.transformer.model.EmotionTrainer` hands to the loss."""
     from datasets import Dataset
 
-    from ..models.transformer import LABEL_WEIGHTS
+    from emitlab.members.transformer.model import LABEL_WEIGHTS
 
     enc = predictor.encode(list(texts))
     columns = {k: enc[k] for k in enc.keys() if k in MODEL_INPUTS}
@@ -452,7 +431,7 @@ def _to_dataset(predictor: EncoderPredictor, texts: Sequence[str], labels: np.nd
 
 
 def _compute_metrics(eval_pred) -> dict[str, float]:
-    from ..evaluation import macro_f1
+    from emitlab.scoring import macro_f1
 
     logits, labels = eval_pred.predictions, eval_pred.label_ids
     if isinstance(logits, dict):

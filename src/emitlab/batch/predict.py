@@ -47,8 +47,8 @@ from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import DataError, RunFolderError, SettingsError
-from .io import atomic_path, atomic_write_json
+from emitlab.errors import DataError, RunFolderError, SettingsError
+from emitlab.io import atomic_path, atomic_write_json
 
 log = logging.getLogger("emitlab")
 
@@ -316,7 +316,7 @@ def _parquet_columns(path: Path, text_col: str, id_col: str, chunk_size: int) ->
 
 
 def _json_columns(path: Path, text_col: str, id_col: str, chunk_size: int) -> Iterator[tuple[list | None, list]]:
-    from .data.loading import load_table
+    from emitlab.data.loading import load_table
 
     ds = load_table(path, text_col=text_col, id_col=id_col)
     for s in range(0, len(ds), chunk_size):
@@ -346,7 +346,7 @@ def prediction_frame(ids: Sequence[str], probs: np.ndarray, pred: np.ndarray, la
 
 def jsonl_lines(ids: Sequence[str], texts: Sequence[str], probs: np.ndarray, pred: np.ndarray,
                 label_names: Sequence[str]) -> str:
-    from .inference import rows_from_probs
+    from emitlab.inference import rows_from_probs
 
     rows = rows_from_probs(probs, pred, label_names)
     return "".join(json.dumps({"id": i, "text": t, **r}, ensure_ascii=False) + "\n"
@@ -397,7 +397,7 @@ def job_fingerprint(input_path: str | Path | None, text_col: str, model: str | P
     model (path and the hash of its emitlab.json, read from ``model`` unless ``meta`` is
     given), backend and output format."""
     if meta is None:
-        from .export import read_meta, resolve_export
+        from emitlab.export import read_meta, resolve_export
 
         meta = read_meta(resolve_export(model))
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()

@@ -26,8 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .calibration import CalibrationReport, best_thresholds, calibrate, fast_macro_f1
-from .errors import ModelFormatError
+from emitlab.engine.calibration import CalibrationReport, best_thresholds, calibrate, fast_macro_f1
+from emitlab.errors import ModelFormatError
 
 log = logging.getLogger("emitlab")
 
@@ -159,7 +159,7 @@ class Stacker:
     def fit_predict(self, probs: Sequence[np.ndarray], y: np.ndarray) -> np.ndarray:
         """Fit on all rows; return *inner cross-validated* stacker probabilities for them, so
         that the thresholds calibrated on them are not fitted to the stacker's own overfit."""
-        from .data.split import kfold_indices
+        from emitlab.data.split import kfold_indices
 
         x, y = self.features(probs), np.asarray(y)
         out = np.zeros(y.shape)
@@ -229,7 +229,7 @@ def nested_score(make, probs: Sequence[np.ndarray], y: np.ndarray, label_names: 
                  folds: int, seed: int) -> tuple[float, list[float], np.ndarray]:
     """Macro-F1 of decoding each outer fold with a combiner and calibration fitted on the others.
     Returns the score over all rows, the per-fold scores and the decoded predictions."""
-    from .data.split import kfold_indices
+    from emitlab.data.split import kfold_indices
 
     y = np.asarray(y)
     pred = np.zeros(y.shape, dtype=np.int64)

@@ -20,8 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import RunFolderError
-from .io import atomic_write_text
+from emitlab.errors import RunFolderError
+from emitlab.io import atomic_write_text
 
 __all__ = ["compare_runs", "format_table", "register_cli"]
 

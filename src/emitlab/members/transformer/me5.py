@@ -532,7 +532,7 @@ def ensure_me5_small(cache_dir: Path | None = None) -> Path:
     return _convert(dest, None, replace=False)
 
 
-if __name__ == "__main__":  # python -m emitlab.models.me5 [CACHE_DIR]
+if __name__ == "__main__":  # python -m emitlab.members.transformer.me5 [CACHE_DIR]
     import sys
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .batch_predict import OutputExistsError, input_format, prediction_frame
-from .errors import DataError, SettingsError, UserError
+from emitlab.batch.predict import OutputExistsError, input_format, prediction_frame
+from emitlab.errors import DataError, SettingsError, UserError
 
 log = logging.getLogger("emitlab")
 
@@ -188,13 +188,13 @@ def prepare_model(model: str | Path, backend: str) -> Path:
     """The export folder for ``model`` (a zip is extracted once per machine), with the ONNX
     files that ``backend`` needs written first if missing, under a per-machine lock so that the
     actors of one node do not unzip or export at the same time."""
-    from .export import resolve_export
+    from emitlab.export import resolve_export
 
     with _node_lock(str(Path(model).resolve())):
         folder = resolve_export(model)
         if backend in ("onnx", "onnx-int8"):
-            from .members.transformer import read_network_meta
-            from .onnx_export import export_network_onnx, network_folders, onnx_file
+            from emitlab.inference.onnx_export import export_network_onnx, network_folders, onnx_file
+            from emitlab.members.transformer.member import read_network_meta
 
             for _, net in network_folders(folder):
                 if not onnx_file(net, read_network_meta(net), backend).is_file():
@@ -214,7 +214,7 @@ class EnsemblePredictor:
 
     def __init__(self, model: str, backend: str, text_col: str = "text", id_col: str = "id",
                  batch_size: int | None = None):
-        from .inference import EmotionClassifier
+        from emitlab.inference import EmotionClassifier
 
         folder = prepare_model(model, backend)
         self.clf = EmotionClassifier.from_pretrained(folder, backend=backend)
@@ -244,7 +244,7 @@ def _user_error(exc: BaseException) -> UserError | None:
     in a ``map_batches`` actor in ``UserCodeException`` and ``RayTaskError`` and keeps the original
     only as text (its remote traceback), so it is found in the cause chain when it is there, else
     rebuilt from the traceback's last ``emitlab.errors.<Class>: message`` line."""
-    from . import errors
+    from emitlab import errors
 
     seen, todo, texts = set(), [exc], []
     while todo:
@@ -296,7 +296,7 @@ def ray_predict(model: str | Path, inputs: Sequence[str], output: str | Path, *,
     """Predict every row of ``inputs`` with the whole exported ensemble at ``model`` on Ray
     Data and write Parquet files into the folder ``output``. Returns the job summary that is
     also written to ``output/_emitlab_predict.json``."""
-    from .io import atomic_write_json
+    from emitlab.io import atomic_write_json
 
     backend = backend or DEFAULT_BACKEND
     if actors is not None and actors < 1:
@@ -318,7 +318,7 @@ def ray_predict(model: str | Path, inputs: Sequence[str], output: str | Path, *,
     else:
         # unzip and ONNX-export once here, before any actor starts (actors on other machines
         # do it again for their own copy, one at a time per machine)
-        from .export import read_meta
+        from emitlab.export import read_meta
 
         label_names = list(read_meta(prepare_model(model, backend))["labels"])
 

@@ -1,0 +1,3 @@
+from emitlab.cli import main
+
+raise SystemExit(main())
