@@ -15,7 +15,7 @@ untimed batch first; fp32 is timed at the start and at the end, and the ratio us
 the file size and the quantisation time. Variants:
 
 ``per-token``, ``dynamic``
-    :func:`emitlab.inference.onnx_export.quantize_int8`'s schemes (``per-token`` is the default).
+    :func:`emitlab.inference.quantize.quantize_int8`'s schemes (``per-token`` is the default).
 ``dynamic-matmul-per-channel``
     ``quantize_dynamic`` on the MatMuls only (embeddings fp32), per-channel weights.
 ``dynamic-only-<group>``
@@ -95,7 +95,7 @@ def write_variant(name: str, fp32: Path, dest: Path, calibration: list | None = 
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from emitlab.inference.onnx_export import INT8_SCHEMES, _quiet_root_logger, quantize_int8
+    from emitlab.inference.quantize import INT8_SCHEMES, _quiet_root_logger, quantize_int8
 
     if name in INT8_SCHEMES:
         return quantize_int8(fp32, dest, name)
@@ -132,7 +132,7 @@ def write_variant(name: str, fp32: Path, dest: Path, calibration: list | None = 
             q.model.save_model_to_file(str(dest), False)
             return {"nodes": "every MatMul with a constant weight", "block_size": block, "compute": "fp32"}
         if name.startswith("per-token-"):  # per-token[-asym][-smooth<alpha>][-keep-<group>]
-            from emitlab.inference.onnx_export import _quantize_per_token, matmul_input_absmax
+            from emitlab.inference.quantize import _quantize_per_token, matmul_input_absmax
 
             match = re.fullmatch(r"per-token((?:-asym|-smooth[0-9.]*)*)(?:-keep-(.+))?", name)
             if match is None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from emitlab.data.split import save_split
 from emitlab.io import atomic_folder, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
@@ -94,11 +92,3 @@ def test_failed_atomic_folder_keeps_the_old_folder(tmp_path):
     assert _names(tmp_path) == ["model"]
 
 
-def test_save_split_is_atomic(tmp_path):
-    path = tmp_path / "split.json"
-    save_split(path, SimpleNamespace(ids=["a", "b"]), SimpleNamespace(ids=["c"]), seed=1, val_fraction=0.3)
-    before = path.read_text()
-    with pytest.raises(TypeError):
-        save_split(path, SimpleNamespace(ids=["a", object()]), SimpleNamespace(ids=["c"]), seed=1, val_fraction=0.3)
-    assert path.read_text() == before and json.loads(before)["validation_ids"] == ["c"]
-    assert _names(tmp_path) == ["split.json"]

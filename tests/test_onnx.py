@@ -352,7 +352,7 @@ def network_probas(path: Path, net: Path, texts: list[str]) -> np.ndarray:
 def test_int8_per_token_is_close_to_fp32(exported, tmp_path):
     """The default int8 file (per-token activations, per-channel weights) stays within
     INT8_MAX_ABS_DP of fp32 ONNX; network.json says what it is."""
-    from emitlab.inference.onnx_export import quantize_int8
+    from emitlab.inference.quantize import quantize_int8
 
     folder, _ = exported
     texts = varied_texts(60)
@@ -374,7 +374,7 @@ def test_int8_per_token_is_close_to_fp32(exported, tmp_path):
 def test_int8_measured_options_stay_close_to_fp32(exported, tmp_path):
     """The options benchmarks/int8.py measures (asymmetric per-token activations, SmoothQuant
     ranges from calibration texts, MatMuls kept fp32) write graphs as faithful as the default."""
-    from emitlab.inference.onnx_export import _quantize_per_token, matmul_input_absmax
+    from emitlab.inference.quantize import _quantize_per_token, matmul_input_absmax
     from emitlab.members.transformer.member import load_predictor
 
     folder, _ = exported
@@ -397,7 +397,7 @@ def test_int8_measured_options_stay_close_to_fp32(exported, tmp_path):
 
 def test_int8_scheme_option(ensemble, tmp_path):
     from emitlab.errors import SettingsError
-    from emitlab.inference.onnx_export import quantize_int8
+    from emitlab.inference.quantize import quantize_int8
 
     folder = fresh_copy(ensemble, tmp_path / "model")
     net = networks(folder)[0]

@@ -113,7 +113,11 @@ def test_model_info_names_members_folds_and_combiner(client, classifier, export_
     assert members["transformer"]["base_model"] == info["base_model"] and info["base_model"]
     assert members["tfidf"]["max_length"] is None and members["tfidf"]["base_model"] is None
     combiner = meta["combiner"]
-    assert info["combiner"] == {"kind": combiner["kind"], "space": combiner.get("space"), "members": names}
+    from emitlab.engine.ensemble import describe_combiner
+
+    assert info["combiner"] == {"kind": combiner["kind"], "space": combiner.get("space"), "members": names,
+                                "description": describe_combiner(combiner, names)}
+    assert info["combiner"]["description"]  # the combiner in words: "stacker (C=1)", "average of ..."
     weights = combiner["weights"] if combiner["kind"] == "average" else [None] * len(names)
     assert [m["weight"] for m in info["members"]] == pytest.approx(weights)
     assert info["macro_f1"] == pytest.approx(meta["metrics"], abs=1e-4)

@@ -11,9 +11,6 @@ from emitlab.errors import SettingsError
 
 log = logging.getLogger("emitlab")
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
 def pick_device(requested: str = "auto") -> str:
     """``requested`` unless ``auto``: CUDA when available, then MPS, else CPU."""
     if requested != "auto":

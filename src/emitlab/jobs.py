@@ -314,11 +314,7 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
 
     t_start = time.time()
     timings: dict[str, float] = {}
-    cal: CalibrationConfig = cfgs[CalibrationConfig]
-    ens_cfg: EnsembleConfig = cfgs[EnsembleConfig]
     cleaner = TextCleaner(cfgs[CleaningConfig])
-    label_names = list(data.label_names)
-    sets = data.prediction_sets
     if data.train.labels is None:
         raise DataError(f"{data.train.source}: the training file has no labels")
     if network_members(members):  # before minutes of cheap members, not at the first network fold
@@ -329,91 +325,34 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     if stats:
         _write_stats(data, run)
     t = time.time()
-    markers = cfgs[DataConfig].domain_marker
-    train = training_rows(data, cleaner.clean_many(data.train.texts), cleaner, markers)
-    set_texts = {name: with_marker(cleaner.clean_many(ds.texts), SET_DOMAINS.get(name, TASK_DOMAIN) if markers
-                                   else None) for name, ds in sets.items()}
-    if data.proxy is not None:  # zero-shot: every member predicts all of it, as it does the test file
-        set_texts[PROXY_SET] = with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
+    train, set_texts = _cleaned_texts(data, cleaner, cfgs[DataConfig].domain_marker)
     timings["cleaning"] = time.time() - t
-    texts, y = train.texts, train.labels
     plans = fold_plans(data, cfgs, run, members, train)
     rows = plans["default"].rows
     for name, p in plans.items():
         if not np.array_equal(p.rows, rows):  # pragma: no cover - both cover every row or the same split
             raise RuntimeError(f"fold plan {name!r} holds out different rows")
-
-    for name in network_members(members):
-        check_disk_space(run, cfgs[TrainConfig], plans[NETWORK_PLAN], export, resume, name)
-    if network_members(members):
-        if cfgs[TrainConfig].report_to == "wandb":  # every fold's W&B run under the run folder
-            os.environ["WANDB_DIR"] = str(run.path.resolve())
-
-    fitted: dict[str, CrossFitted] = {}
-    for i, name in enumerate(members, 1):
-        plan = plans[plan_name(name)]
-        log.info("[%d/%d] member %s: %d fold(s)", i, len(members), name, plan.k)
-        t = time.time()
-        make = member_factory(name, cfgs, run, plan, texts, y, resume)
-        fitted[name] = crossfit(name, make, texts, y, label_names, plan, set_texts,
-                                cache=run / "members" / name, resume=resume, mask=train.mask,
-                                sample_weight=train.sample_weight,
-                                use_extra=name in cfgs[RunConfig].extra_data_members)
-        timings[f"member_{name}"] = time.time() - t
+    _before_networks(run, cfgs, members, plans, export, resume)
+    fitted = _fit_members(run, cfgs, members, plans, train, set_texts, data.label_names, resume, timings)
 
     log.info("combination: nested choice over %d out-of-fold rows", len(rows))
     t = time.time()
-    y_rows = y[rows]
-    probs_rows = [fitted[m].oof for m in members]
-    choice, all_fitted = choose_combiner(members, probs_rows, y_rows, label_names, cal, ens_cfg,
+    choice, all_fitted = choose_combiner(members, [fitted[m].oof for m in members], train.labels[rows],
+                                          list(data.label_names), cfgs[CalibrationConfig], cfgs[EnsembleConfig],
                                           seed=cfgs[DataConfig].seed)
     timings["combination"] = time.time() - t
-
     proxy, proxy_probs = _proxy_scoring(data, plans["default"], train)
-    scored: dict[str, Scored] = {}
-    nested = {c.name: c for c in choice.candidates}
-    for name, (comb, report_, out) in all_fitted.items():
-        probs = {s: comb.combine([fitted[m].preds[s] for m in members]) for s in sets}
-        s = Scored(name, comb, report_, out, probs)
-        s.metrics = {"model": name, "combiner": comb.to_dict(), "calibration": report_.to_dict(),
-                     "nested_macro_f1": nested[name].nested_macro_f1,
-                     "nested_fold_macro_f1": nested[name].nested_fold_scores,
-                     "validation": evaluate_decoded(y_rows, out, report_.decoder, label_names)}
-        for set_name, ds in sets.items():
-            if ds.labels is not None:
-                s.metrics[set_name] = evaluate_decoded(ds.labels, probs[set_name], report_.decoder, label_names)
-        if proxy is not None:
-            probs[PROXY_SET] = comb.combine([proxy_probs(fitted[m]) for m in members])
-            s.metrics[PROXY_SET] = evaluate_decoded(proxy["labels"], probs[PROXY_SET], report_.decoder, label_names)
-        scored[name] = s
-    best = choice.name
+    scored = _score(data, members, fitted, choice, all_fitted, train.labels[rows], proxy, proxy_probs)
 
     for name, s in scored.items():
-        _write_submissions(run, s, sets, data.task, prefix=f"{name}_")
-    _write_submissions(run, scored[best], sets, data.task)
-    _save_predictions(run, data, rows, fitted, scored, sets, proxy)
+        _write_submissions(run, s, data.prediction_sets, data.task, prefix=f"{name}_")
+    _write_submissions(run, scored[choice.name], data.prediction_sets, data.task)
+    _save_predictions(run, data, rows, fitted, scored, data.prediction_sets, proxy)
 
-    metrics: dict[str, Any] = {
-        "schema": METRICS_SCHEMA,
-        "task": data.task,
-        "label_names": label_names,
-        "selection": {"rows": "out-of-fold" if plans["default"].k > 1 else "validation split", "n": int(len(rows)),
-                      "folds": {name: p.k for name, p in plans.items()}},
-        "members": {name: {"folds": len(f.models), "fold_seconds": f.seconds,
-                           "training": [_strip_history(i) for i in f.info] if any(f.info) else None}
-                    for name, f in fitted.items()},
-        "models": {name: s.metrics for name, s in scored.items()},
-        "best_model": best,
-        "ensemble": choice.to_dict(),
-    }
-    if data.extra:
-        metrics["extra_data"] = {"corpora": [c.summary() for c in data.extra],
-                                 "members": [m for m in members if m in cfgs[RunConfig].extra_data_members]}
-    if proxy is not None:
-        metrics["ood_proxy"] = {k: v for k, v in proxy.items() if k != "labels"}
+    metrics = _metrics(data, cfgs, members, plans, fitted, scored, choice, proxy)
     if export:
         t = time.time()
-        metrics["export"] = export_run(run, data, cfgs, members, fitted, scored[best], set_texts)
+        metrics["export"] = export_run(run, data, cfgs, members, fitted, scored[choice.name], set_texts)
         timings["export"] = time.time() - t
     metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     metrics["timings_s"]["total"] = round(time.time() - t_start, 1)
@@ -427,6 +366,92 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
         metrics["timings_s"]["report"] = round(time.time() - t, 1)
         metrics["timings_s"]["total"] = round(time.time() - t_start, 1)
         run.write_json("metrics.json", metrics)
+    return metrics
+
+
+def _cleaned_texts(data: EmitData, cleaner: TextCleaner, markers: bool) -> tuple[TrainingRows, dict[str, list[str]]]:
+    """The training rows and every prediction set's texts, cleaned (and with their domain's marker)."""
+    train = training_rows(data, cleaner.clean_many(data.train.texts), cleaner, markers)
+    set_texts = {name: with_marker(cleaner.clean_many(ds.texts), SET_DOMAINS.get(name, TASK_DOMAIN) if markers
+                                   else None) for name, ds in data.prediction_sets.items()}
+    if data.proxy is not None:  # zero-shot: every member predicts all of it, as it does the test file
+        set_texts[PROXY_SET] = with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
+    return train, set_texts
+
+
+def _before_networks(run: RunDir, cfgs: dict, members: list[str], plans: dict[str, FoldPlan], export: bool,
+                     resume: bool) -> None:
+    """Before minutes of training: the disk check of each network member, the W&B folder."""
+    for name in network_members(members):
+        check_disk_space(run, cfgs[TrainConfig], plans[NETWORK_PLAN], export, resume, name)
+    if network_members(members) and cfgs[TrainConfig].report_to == "wandb":
+        os.environ["WANDB_DIR"] = str(run.path.resolve())  # every fold's W&B run under the run folder
+
+
+def _fit_members(run: RunDir, cfgs: dict, members: list[str], plans: dict[str, FoldPlan], train: TrainingRows,
+                 set_texts: dict[str, list[str]], label_names, resume: bool,
+                 timings: dict[str, float]) -> dict[str, CrossFitted]:
+    """Cross-fit every member on its plan (cached in ``members/<name>``: a resumed run reuses it)."""
+    fitted: dict[str, CrossFitted] = {}
+    for i, name in enumerate(members, 1):
+        plan = plans[plan_name(name)]
+        log.info("[%d/%d] member %s: %d fold(s)", i, len(members), name, plan.k)
+        t = time.time()
+        make = member_factory(name, cfgs, run, plan, train.texts, train.labels, resume)
+        fitted[name] = crossfit(name, make, train.texts, train.labels, list(label_names), plan, set_texts,
+                                cache=run / "members" / name, resume=resume, mask=train.mask,
+                                sample_weight=train.sample_weight,
+                                use_extra=name in cfgs[RunConfig].extra_data_members)
+        timings[f"member_{name}"] = time.time() - t
+    return fitted
+
+
+def _score(data: EmitData, members: list[str], fitted: dict[str, CrossFitted], choice, all_fitted: dict,
+           y_rows: np.ndarray, proxy: dict | None, proxy_probs) -> dict[str, Scored]:
+    """Every candidate's probabilities on every set and its metrics: out-of-fold (``validation``),
+    each set with gold, and the out-of-domain proxy."""
+    label_names = list(data.label_names)
+    nested = {c.name: c for c in choice.candidates}
+    scored: dict[str, Scored] = {}
+    for name, (comb, report_, out) in all_fitted.items():
+        probs = {s: comb.combine([fitted[m].preds[s] for m in members]) for s in data.prediction_sets}
+        s = Scored(name, comb, report_, out, probs)
+        s.metrics = {"model": name, "combiner": comb.to_dict(), "calibration": report_.to_dict(),
+                     "nested_macro_f1": nested[name].nested_macro_f1,
+                     "nested_fold_macro_f1": nested[name].nested_fold_scores,
+                     "validation": evaluate_decoded(y_rows, out, report_.decoder, label_names)}
+        for set_name, ds in data.prediction_sets.items():
+            if ds.labels is not None:
+                s.metrics[set_name] = evaluate_decoded(ds.labels, probs[set_name], report_.decoder, label_names)
+        if proxy is not None:
+            probs[PROXY_SET] = comb.combine([proxy_probs(fitted[m]) for m in members])
+            s.metrics[PROXY_SET] = evaluate_decoded(proxy["labels"], probs[PROXY_SET], report_.decoder, label_names)
+        scored[name] = s
+    return scored
+
+
+def _metrics(data: EmitData, cfgs: dict, members: list[str], plans: dict[str, FoldPlan],
+             fitted: dict[str, CrossFitted], scored: dict[str, Scored], choice, proxy: dict | None) -> dict[str, Any]:
+    """``metrics.json`` before the export and the timings (see :func:`run_engine`)."""
+    rows = plans["default"].rows
+    metrics: dict[str, Any] = {
+        "schema": METRICS_SCHEMA,
+        "task": data.task,
+        "label_names": list(data.label_names),
+        "selection": {"rows": "out-of-fold" if plans["default"].k > 1 else "validation split", "n": int(len(rows)),
+                      "folds": {name: p.k for name, p in plans.items()}},
+        "members": {name: {"folds": len(f.models), "fold_seconds": f.seconds,
+                           "training": [_strip_history(i) for i in f.info] if any(f.info) else None}
+                    for name, f in fitted.items()},
+        "models": {name: s.metrics for name, s in scored.items()},
+        "best_model": choice.name,
+        "ensemble": choice.to_dict(),
+    }
+    if data.extra:
+        metrics["extra_data"] = {"corpora": [c.summary() for c in data.extra],
+                                 "members": [m for m in members if m in cfgs[RunConfig].extra_data_members]}
+    if proxy is not None:
+        metrics["ood_proxy"] = {k: v for k, v in proxy.items() if k != "labels"}
     return metrics
 
 
@@ -551,16 +576,18 @@ def export_run(run: RunDir, data: EmitData, cfgs: dict, members: list[str], fitt
     """Write ``run/model`` (+ .zip) holding the members the chosen combination uses, reload it
     and record how far its probabilities drift from the run's on the first prediction set (0.0 on
     the CPU; reloaded on the device the run predicted on)."""
+    from emitlab.engine.ensemble import members_used, restrict_combiner
     from emitlab.export import write_export
     from emitlab.inference import EmotionClassifier
 
-    used = _members_used(best, members)
+    combiner = best.combiner.to_dict()
+    used = members_used(combiner, members)
     meta = {
         "task": data.task,
         "labels": list(data.label_names),
         "model_kind": best.name,
         "decoder": best.calibration.decoder.to_dict(),
-        "combiner": _restrict_combiner(best.combiner.to_dict(), members, used),
+        "combiner": restrict_combiner(combiner, members, used),
         "cleaning": TextCleaner(cfgs[CleaningConfig]).to_dict(),
         "metrics": {k: best.metrics[k]["macro_f1"] for k in ("validation", "test", "ood") if k in best.metrics},
         "nested_macro_f1": best.metrics.get("nested_macro_f1"),
@@ -583,20 +610,6 @@ def export_run(run: RunDir, data: EmitData, cfgs: dict, members: list[str], fitt
         log.info("exported %s to %s (+ .zip); reloaded %s probabilities differ by at most %.2e",
                  best.name, path, check_set, diff)
     return info
-
-
-def _members_used(best: Scored, members: list[str]) -> list[str]:
-    d = best.combiner.to_dict()
-    if d["kind"] == "average":
-        return [m for m, w in zip(members, d["weights"]) if w > 0]
-    return list(members)
-
-
-def _restrict_combiner(d: dict, members: list[str], used: list[str]) -> dict:
-    """The combiner over ``used`` only (members with weight 0 are not exported)."""
-    if d["kind"] == "average":
-        d = dict(d, weights=[w for m, w in zip(members, d["weights"]) if m in used])
-    return d
 
 
 # --------------------------------------------------------------------------------------

@@ -49,11 +49,6 @@ def process_rank() -> tuple[int, int]:
     return (rank, world) if world > 1 else (0, 1)
 
 
-def is_main_process() -> bool:
-    """True in a plain process and on rank 0 of a multi-process launch: the one that writes."""
-    return process_rank()[0] == 0
-
-
 #: the process group's timeout (s): the HF Trainer's default ``ddp_timeout``. A rank > 0 waits this
 #: long at its next collective (the next transformer fit) while rank 0 works alone.
 DDP_TIMEOUT_S = 1800

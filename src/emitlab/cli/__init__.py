@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from emitlab.errors import SettingsError, UserError
 from emitlab.settings_cli import add_dataclass_arguments, build_configs, read_config_file
@@ -31,8 +32,8 @@ zips, at one zip, at 'hf:MattiaSangermano/emit', or at any CSV/JSONL/Parquet fil
 def _run_options(p: argparse.ArgumentParser, command: str) -> None:
     g = p.add_argument_group("run folder")
     g.add_argument("--out", type=Path, default=None,
-                   help=f"Run folder (default: runs/{command}-<timestamp>). Holds config.json, split.json, "
-                        "metrics.json, submissions and run.log.")
+                   help=f"Run folder (default: runs/{command}-<timestamp>). Holds config.json, folds.json, "
+                        "metrics.json, predictions, submissions, the export and run.log.")
     g.add_argument("--overwrite", action="store_true",
                    help="Replace an earlier run folder (only one that emitlab made: it holds .emitlab-run).")
     g.add_argument("--config", type=Path, default=None,
@@ -256,17 +257,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from emitlab.registry import BACKENDS
-    from emitlab.settings import (
-        CalibrationConfig,
-        CleaningConfig,
-        DataConfig,
-        EnsembleConfig,
-        LexiconConfig,
-        RunConfig,
-        TfidfConfig,
-        TrainConfig,
-    )
+    """``emitlab`` and its commands: data, the three jobs, compare, serve, predict, export-onnx."""
+    from emitlab.inference.onnx_export import register_cli as register_onnx
+    from emitlab.report.compare import register_cli as register_compare
+    from emitlab.serving.cli import register_cli as register_serve
 
     parser = argparse.ArgumentParser(
         prog="emitlab",
@@ -276,6 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="Only warnings and results.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_data_commands(sub)
+    _add_job_commands(sub)
+    register_compare(sub)
+    register_serve(sub)
+    _add_predict_command(sub)
+    register_onnx(sub)
+    return parser
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    from emitlab.settings import DataConfig
 
     data = sub.add_parser("data", help="Check or describe a dataset.")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
@@ -294,43 +299,50 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_data_validate)
     data.set_defaults(func=lambda a: (data.print_help(), 1)[1])
 
-    base = sub.add_parser("baseline", help="TF-IDF word+char n-grams with balanced logistic regression, "
-                                           "cross-fitted (--folds); calibrate, evaluate, submit.",
-                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for cls in (RunConfig, DataConfig, CleaningConfig, TfidfConfig, CalibrationConfig):
-        add_dataclass_arguments(base, cls)
-    _run_options(base, "baseline")
-    base.add_argument("--export", action="store_true", help="Also export the model (run/model + .zip).")
-    base.set_defaults(func=cmd_baseline)
 
-    train = sub.add_parser("train", help="Fine-tune a transformer encoder (default me5-small; 90/10 split unless "
-                                         "--folds K); calibrate, evaluate, submit, export.",
-                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for cls in (RunConfig, DataConfig, CleaningConfig, TrainConfig, CalibrationConfig):
-        add_dataclass_arguments(train, cls)
-    _run_options(train, "train")
-    train.add_argument("--resume", action="store_true",
-                       help="Continue an interrupted run in --out from its last checkpoint.")
-    train.set_defaults(func=cmd_train)
+def _jobs() -> list[tuple[str, str, tuple, Any, bool]]:
+    """``(command, help, settings groups, function, resumable)`` of the three jobs."""
+    from emitlab.settings import (
+        CalibrationConfig,
+        CleaningConfig,
+        DataConfig,
+        EnsembleConfig,
+        LexiconConfig,
+        RunConfig,
+        TfidfConfig,
+        TrainConfig,
+    )
 
-    run = sub.add_parser("run", help="The main job: stats, cross-fitted members (TF-IDF, lexicon, transformer), "
-                                     "nested choice of the combination and calibration, evaluation, submissions, "
-                                     "export and an HTML report.",
-                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for cls in (RunConfig, DataConfig, CleaningConfig, TfidfConfig, LexiconConfig, TrainConfig, CalibrationConfig,
-                EnsembleConfig):
-        add_dataclass_arguments(run, cls)
-    _run_options(run, "run")
-    run.add_argument("--resume", action="store_true",
-                     help="Continue an interrupted run in --out from its last checkpoint.")
-    run.set_defaults(func=cmd_run)
+    return [
+        ("baseline", "TF-IDF word+char n-grams with balanced logistic regression, cross-fitted (--folds); "
+                     "calibrate, evaluate, submit.",
+         (RunConfig, DataConfig, CleaningConfig, TfidfConfig, CalibrationConfig), cmd_baseline, False),
+        ("train", "Fine-tune a transformer encoder (default me5-small; 90/10 split unless --folds K); calibrate, "
+                  "evaluate, submit, export.",
+         (RunConfig, DataConfig, CleaningConfig, TrainConfig, CalibrationConfig), cmd_train, True),
+        ("run", "The main job: stats, cross-fitted members (TF-IDF, lexicon, transformer), nested choice of the "
+                "combination and calibration, evaluation, submissions, export and an HTML report.",
+         (RunConfig, DataConfig, CleaningConfig, TfidfConfig, LexiconConfig, TrainConfig, CalibrationConfig,
+          EnsembleConfig), cmd_run, True),
+    ]
 
-    from emitlab.inference.onnx_export import register_cli as register_onnx
-    from emitlab.report.compare import register_cli as register_compare
-    from emitlab.serving.cli import register_cli as register_serve
 
-    register_compare(sub)
-    register_serve(sub)
+def _add_job_commands(sub: argparse._SubParsersAction) -> None:
+    for command, help_text, groups, func, resumable in _jobs():
+        p = sub.add_parser(command, help=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        for cls in groups:
+            add_dataclass_arguments(p, cls)
+        _run_options(p, command)
+        if command == "baseline":
+            p.add_argument("--export", action="store_true", help="Also export the model (run/model + .zip).")
+        if resumable:
+            p.add_argument("--resume", action="store_true",
+                           help="Continue an interrupted run in --out from its last checkpoint.")
+        p.set_defaults(func=func)
+
+
+def _add_predict_command(sub: argparse._SubParsersAction) -> None:
+    from emitlab.registry import BACKENDS
 
     pred = sub.add_parser("predict", help="Per-label probabilities and labels from an exported model (folder or .zip).",
                           description="Predict with the whole exported ensemble. A file --input is read and written in "
@@ -370,8 +382,6 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Join this Ray cluster (e.g. auto, or ray://head:10001) "
                                "instead of starting a local one.")
     pred.set_defaults(func=cmd_predict)
-    register_onnx(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,15 +6,12 @@ checked here before iterstrat / scikit-learn would fail with "Found array with 0
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold, MultilabelStratifiedShuffleSplit
 
 from emitlab.data.loading import DataError, TextDataset
-from emitlab.io import atomic_write_json
 
 
 def _split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
@@ -88,20 +85,3 @@ def kfold_indices(
         raise DataError(f"{source}: {len(labels)} rows are too few for {k} folds that each get rows; "
                         f"use fewer folds or more data")
     return out
-
-
-def save_split(path: Path, train: TextDataset, validation: TextDataset, seed: int, val_fraction: float) -> None:
-    atomic_write_json(path, {"seed": seed, "val_fraction": val_fraction, "train_ids": train.ids,
-                             "validation_ids": validation.ids})
-
-
-def load_split(path: Path, ds: TextDataset) -> tuple[TextDataset, TextDataset]:
-    """Re-create a saved split of ``ds`` (by id)."""
-    saved = json.loads(Path(path).read_text())
-    pos = {i: n for n, i in enumerate(ds.ids)}
-    try:
-        tr = [pos[i] for i in saved["train_ids"]]
-        va = [pos[i] for i in saved["validation_ids"]]
-    except KeyError as exc:
-        raise DataError(f"{path}: id {exc.args[0]!r} is not in {ds.source}") from None
-    return ds.subset(tr), ds.subset(va)

@@ -28,6 +28,7 @@ import numpy as np
 
 from emitlab.engine.calibration import CalibrationReport, best_thresholds, calibrate, fast_macro_f1
 from emitlab.errors import ModelFormatError
+from emitlab.registry import COMBINERS
 
 log = logging.getLogger("emitlab")
 
@@ -110,6 +111,43 @@ class WeightedAverage:
     def from_dict(cls, d: dict[str, Any]) -> "WeightedAverage":
         return cls(space=d["space"], weights=d["weights"])
 
+    # ---- what it is (read from the JSON form by the export, report, compare and serving)
+
+    @classmethod
+    def candidates(cls, n_members: int, cfg, seed: int = 0) -> list[tuple[str, Any]]:
+        """``(name, make)`` of the candidates it adds to the nested choice: the weighted mean of
+        probabilities and of logits (each member alone is a candidate of its own, see :func:`candidates`)."""
+        step = cfg.weight_step or None
+        return [("average_prob", lambda: cls("prob", step=step)), ("average_logit", lambda: cls("logit", step=step))]
+
+    @staticmethod
+    def member_weights(d: dict[str, Any], members: Sequence[str]) -> list[float] | None:
+        """Each member's weight (``None`` when they do not match ``members``)."""
+        w = d.get("weights") or []
+        return [float(x) for x in w] if len(w) == len(members) else None
+
+    @staticmethod
+    def members_used(d: dict[str, Any], members: Sequence[str]) -> list[str]:
+        """The members with a weight above 0 (the others are not exported)."""
+        w = WeightedAverage.member_weights(d, members)
+        return list(members) if w is None else [m for m, x in zip(members, w) if x > 0]
+
+    @staticmethod
+    def restrict(d: dict[str, Any], members: Sequence[str], used: Sequence[str]) -> dict[str, Any]:
+        """The same average over ``used`` only."""
+        return dict(d, weights=[w for m, w in zip(members, d["weights"]) if m in used])
+
+    @staticmethod
+    def describe(d: dict[str, Any], members: Sequence[str], short: bool = False) -> str:
+        """``average of probabilities (all weight on tfidf)``; short: ``prob avg tfidf=0.50 ...``."""
+        w = WeightedAverage.member_weights(d, members) or []
+        if short:
+            return f"{d.get('space', 'prob')} avg " + " ".join(f"{m}={x:.2f}" for m, x in zip(members, w))
+        text = f"average of {'logits' if d.get('space') == 'logit' else 'probabilities'}"
+        if w and sum(x != 0 for x in w) == 1:
+            text += f" (all weight on {members[int(np.argmax(w))]})"
+        return text
+
 
 class Stacker:
     """Per label ``j``: ``p_j = sigmoid(x @ W[j] + b[j])`` with ``x`` the logits of every member
@@ -176,14 +214,68 @@ class Stacker:
     def from_dict(cls, d: dict[str, Any]) -> "Stacker":
         return cls(C=d.get("C", 1.0), W=d["W"], b=d["b"])
 
+    # ---- what it is
+
+    @classmethod
+    def candidates(cls, n_members: int, cfg, seed: int = 0) -> list[tuple[str, Any]]:
+        return [("stacker", lambda: cls(C=cfg.stacker_C, seed=seed))]
+
+    @staticmethod
+    def member_weights(d: dict[str, Any], members: Sequence[str]) -> list[float] | None:
+        return None  # per label and member: the report draws them from W
+
+    @staticmethod
+    def members_used(d: dict[str, Any], members: Sequence[str]) -> list[str]:
+        return list(members)
+
+    @staticmethod
+    def restrict(d: dict[str, Any], members: Sequence[str], used: Sequence[str]) -> dict[str, Any]:
+        return d
+
+    @staticmethod
+    def describe(d: dict[str, Any], members: Sequence[str], short: bool = False) -> str:
+        return f"stacker C={d.get('C', 1.0):g}" if short else f"stacker (C={d.get('C', 1.0):g})"
+
+
+def combiner_class(d: dict[str, Any]):
+    """The registered class of a combiner's JSON form (:data:`emitlab.registry.COMBINERS`); an
+    unknown kind is an export-format error."""
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if kind not in COMBINERS:
+        raise ModelFormatError(f"unknown combiner {kind if isinstance(d, dict) else d!r} "
+                               f"(known: {', '.join(COMBINERS)})")
+    return COMBINERS.get(kind)
+
 
 def combiner_from_dict(d: dict[str, Any]):
-    """Rebuild a combiner from its JSON form (unknown kinds are an export-format error)."""
-    kinds = {WeightedAverage.kind: WeightedAverage, Stacker.kind: Stacker}
-    if not isinstance(d, dict) or d.get("kind") not in kinds:
-        raise ModelFormatError(f"unknown combiner {d.get('kind') if isinstance(d, dict) else d!r} "
-                               f"(known: {', '.join(kinds)})")
-    return kinds[d["kind"]].from_dict(d)
+    """Rebuild a combiner from its JSON form."""
+    return combiner_class(d).from_dict(d)
+
+
+def members_used(d: dict[str, Any], members: Sequence[str]) -> list[str]:
+    """The members a combiner's JSON form ``d`` needs, in the order of ``members``."""
+    return combiner_class(d).members_used(d, list(members))
+
+
+def restrict_combiner(d: dict[str, Any], members: Sequence[str], used: Sequence[str]) -> dict[str, Any]:
+    """``d`` over the members ``used`` only (those it does not need are not exported)."""
+    return combiner_class(d).restrict(d, list(members), list(used))
+
+
+def describe_combiner(d: dict[str, Any] | None, members: Sequence[str], short: bool = False) -> str | None:
+    """A combiner in words (``None`` for none); a kind no longer registered is named as it is."""
+    if not d:
+        return None
+    if d.get("kind") not in COMBINERS:
+        return str(d.get("kind"))
+    return combiner_class(d).describe(d, list(members), short)
+
+
+def member_weights(d: dict[str, Any] | None, members: Sequence[str]) -> list[float] | None:
+    """Each member's weight in a combiner's JSON form, where it has one weight per member."""
+    if not d or d.get("kind") not in COMBINERS:
+        return None
+    return combiner_class(d).member_weights(d, list(members))
 
 
 # --------------------------------------------------------------------------------------
@@ -201,7 +293,8 @@ class Candidate:
 
 
 def candidates(member_names: Sequence[str], cfg, seed: int = 0) -> list[Candidate]:
-    """Each member alone, the averages (probabilities and logits) and the stacker."""
+    """Each member alone, then the candidates of every combiner of ``cfg.combiners`` (registered in
+    :data:`emitlab.registry.COMBINERS`: the averages of probabilities and logits, the stacker...)."""
     m = len(member_names)
     out = []
     for i, name in enumerate(member_names):
@@ -209,11 +302,8 @@ def candidates(member_names: Sequence[str], cfg, seed: int = 0) -> list[Candidat
         w[i] = 1.0
         out.append(Candidate(name, lambda w=w: WeightedAverage("prob", weights=w)))
     if m > 1:
-        if "average" in cfg.combiners:
-            out.append(Candidate("average_prob", lambda: WeightedAverage("prob", step=cfg.weight_step or None)))
-            out.append(Candidate("average_logit", lambda: WeightedAverage("logit", step=cfg.weight_step or None)))
-        if "stacker" in cfg.combiners:
-            out.append(Candidate("stacker", lambda: Stacker(C=cfg.stacker_C, seed=seed)))
+        for kind in [k for k in COMBINERS if k in cfg.combiners]:  # registry order: ties keep the earlier
+            out.extend(Candidate(name, make) for name, make in COMBINERS.get(kind).candidates(m, cfg, seed))
     return out
 
 
@@ -287,5 +377,6 @@ def _score_candidates(cands, probs, y, label_names, cal, cfg, seed, fitted) -> N
         log.info("combiner %-14s nested out-of-fold macro-F1 %.4f", c.name, c.nested_macro_f1)
 
 
-__all__ = ["WeightedAverage", "Stacker", "combiner_from_dict", "choose_combiner", "nested_score", "Choice",
+__all__ = ["WeightedAverage", "Stacker", "combiner_from_dict", "combiner_class", "members_used", "restrict_combiner",
+           "describe_combiner", "member_weights", "choose_combiner", "nested_score", "Choice",
            "logit", "sigmoid", "simplex_grid", "tuned_macro_f1"]

@@ -1,4 +1,5 @@
-"""ONNX export of the transformer members of a trained model, and an onnxruntime backend for them.
+"""ONNX export of the transformer members of a trained model (the onnxruntime backends that run the
+files are in :mod:`emitlab.members.transformer.backends`).
 
     emitlab export-onnx --model runs/full/model          # model.onnx + model.int8.onnx per network
     emitlab predict --model runs/full/model --backend onnx-int8 "Che bella giornata!"
@@ -13,9 +14,9 @@ only when the tokenizer produces it, ``token_type_ids`` (int64, dynamic batch an
 the output is ``logits`` (float32, ``(batch, n_labels)``).
 
 ``model.int8.onnx`` is the same graph with int8 weights and int8 activations quantised on the fly
-(:func:`quantize_int8`; ``--int8-scheme``): about a quarter of the size and about twice as fast
-on one CPU thread, at the price of slightly different probabilities (``benchmarks/int8.py``
-compares the schemes, ``benchmarks/inference.py`` the backends).
+(:func:`emitlab.inference.quantize.quantize_int8`; ``--int8-scheme``): about a quarter of the size
+and about twice as fast on one CPU thread, at the price of slightly different probabilities
+(``benchmarks/int8.py`` compares the schemes, ``benchmarks/inference.py`` the backends).
 
 Each transformer fold model of an export is a network folder (``members/<member>/fold-<i>``);
 its files are written into that folder by default and listed under ``"onnx"`` in its
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emitlab.errors import ModelFormatError, SettingsError
+from emitlab.inference.quantize import DEFAULT_INT8_SCHEME, INT8_SCHEMES, quantize_int8
 from emitlab.io import atomic_path, atomic_write_json
 from emitlab.members.transformer.backends import OnnxBackend, OnnxInt8Backend, backend_class, onnx_file
 from emitlab.registry import BACKENDS
@@ -144,24 +146,10 @@ def export_network_onnx(folder: Path, out_dir: Path | None = None, int8: bool = 
     ``"onnx"`` entry listing the files present in ``out_dir`` (relative names inside the folder,
     absolute ones elsewhere). When ``out_dir`` is elsewhere and the folder is read-only, the files
     are written but not recorded (``"recorded": false`` in the result)."""
-    import torch
+    from emitlab.members.transformer.member import MODEL_INPUTS, load_predictor
 
-    from emitlab.members.transformer.member import MODEL_INPUTS, load_predictor, read_network_meta
-
-    if exporter not in EXPORTERS:
-        raise SettingsError(f"unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
-    if opset < 17:
-        raise SettingsError(f"--opset must be at least 17 (LayerNormalization), got {opset}")
-    if int8_scheme not in INT8_SCHEMES:
-        raise SettingsError(f"unknown int8 scheme {int8_scheme!r}: expected one of {', '.join(INT8_SCHEMES)}")
     folder = Path(folder)
-    out_dir = Path(out_dir) if out_dir is not None else folder
-    why = unwritable(out_dir)
-    if why is not None:
-        if out_dir.resolve() == folder.resolve():
-            raise ModelFormatError(f"{folder}: cannot write the ONNX files into this network folder ({why}); copy "
-                                   "the export somewhere writable, or write them elsewhere with --out DIR")
-        raise SettingsError(f"--out {out_dir}: cannot write the ONNX files there ({why})")
+    out_dir = _checked_destination(folder, out_dir, opset, exporter, int8_scheme)
     t0 = time.time()
     predictor, model = load_predictor(folder, "torch", "cpu")
     model = model.float().eval()
@@ -177,39 +165,78 @@ def export_network_onnx(folder: Path, out_dir: Path | None = None, int8: bool = 
     diffs = {"onnx": _max_logit_diff(predictor, fp32_path, checks)}
     if diffs["onnx"] > 1e-3:
         log.warning("the ONNX graph's logits differ from torch by up to %.2e: check the export", diffs["onnx"])
+    int8_info = None
     if int8:
         with atomic_path(out_dir / ONNX_INT8_FILE) as tmp:
             int8_info = quantize_int8(fp32_path, tmp, int8_scheme)
         diffs["onnx-int8"] = _max_logit_diff(predictor, out_dir / ONNX_INT8_FILE, checks)
         log.info("int8 copy written to %s", out_dir / ONNX_INT8_FILE)
 
-    entry = {"opset": opset, "exporter": used, "inputs": names, "output": "logits", "files": {},
-             "sample_max_abs_logit_diff": {}, "versions": {"torch": torch.__version__, "onnxruntime": _ort_version()}}
-    previous = ((read_network_meta(folder).get("onnx") or {}).get("files") or {}).get("onnx-int8") or {}
-    for backend, fname in BACKEND_FILES.items():
-        path = out_dir / fname
-        if path.is_file():
-            entry["files"][backend] = {"file": _relative(path, folder), "bytes": path.stat().st_size}
-            if backend == "onnx-int8":  # what the int8 file is (kept from the last export when not rewritten now)
-                info = int8_info if int8 else {k: v for k, v in previous.items() if k in ("scheme", "weights")}
-                entry["files"][backend].update(info or {"scheme": "unknown"})
-            if backend in diffs:
-                entry["sample_max_abs_logit_diff"][backend] = diffs[backend]
-    recorded = True
-    try:
-        update_meta(folder, {"onnx": entry})
-    except OSError as exc:
-        if out_dir.resolve() == folder.resolve():
-            raise
-        recorded = False
-        log.warning("could not record the ONNX files in %s (%s): they are in %s, but the onnx backends will not "
-                    "find them there", folder / "network.json", exc, out_dir)
+    entry = _onnx_entry(folder, out_dir, {"opset": opset, "exporter": used, "inputs": names}, diffs, int8_info)
+    recorded = _record_entry(folder, out_dir, entry)
     result = json.loads(json.dumps(entry))
     for backend, f in result["files"].items():
         f["path"] = str((folder / f["file"]).resolve())
     result["recorded"] = recorded
     result["seconds"] = round(time.time() - t0, 2)
     return result
+
+
+def _checked_destination(folder: Path, out_dir: Path | None, opset: int, exporter: str, int8_scheme: str) -> Path:
+    """Refuse unknown settings and an ``out_dir`` (default ``folder``) that cannot be written; returns it."""
+    if exporter not in EXPORTERS:
+        raise SettingsError(f"unknown exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
+    if opset < 17:
+        raise SettingsError(f"--opset must be at least 17 (LayerNormalization), got {opset}")
+    if int8_scheme not in INT8_SCHEMES:
+        raise SettingsError(f"unknown int8 scheme {int8_scheme!r}: expected one of {', '.join(INT8_SCHEMES)}")
+    out_dir = Path(out_dir) if out_dir is not None else folder
+    why = unwritable(out_dir)
+    if why is not None:
+        if out_dir.resolve() == folder.resolve():
+            raise ModelFormatError(f"{folder}: cannot write the ONNX files into this network folder ({why}); copy "
+                                   "the export somewhere writable, or write them elsewhere with --out DIR")
+        raise SettingsError(f"--out {out_dir}: cannot write the ONNX files there ({why})")
+    return out_dir
+
+
+def _onnx_entry(folder: Path, out_dir: Path, graph: dict, diffs: dict[str, float], int8_info: dict | None) -> dict:
+    """The ``"onnx"`` entry of ``folder``'s ``network.json``: ``graph`` (opset, exporter, inputs) and
+    every backend file present in ``out_dir``, with its size and measured logit difference. The int8
+    file says what it is: ``int8_info`` when it was written now, else what the last export recorded."""
+    import torch
+
+    from emitlab.members.transformer.member import read_network_meta
+
+    entry = {**graph, "output": "logits", "files": {}, "sample_max_abs_logit_diff": {},
+             "versions": {"torch": torch.__version__, "onnxruntime": _ort_version()}}
+    previous = ((read_network_meta(folder).get("onnx") or {}).get("files") or {}).get("onnx-int8") or {}
+    for backend, fname in BACKEND_FILES.items():
+        path = out_dir / fname
+        if path.is_file():
+            entry["files"][backend] = {"file": _relative(path, folder), "bytes": path.stat().st_size}
+            if backend == "onnx-int8":  # what the int8 file is (kept from the last export when not rewritten now)
+                info = int8_info
+                if info is None:
+                    info = {k: v for k, v in previous.items() if k in ("scheme", "weights")}
+                entry["files"][backend].update(info or {"scheme": "unknown"})
+            if backend in diffs:
+                entry["sample_max_abs_logit_diff"][backend] = diffs[backend]
+    return entry
+
+
+def _record_entry(folder: Path, out_dir: Path, entry: dict) -> bool:
+    """Write ``entry`` into ``folder``'s ``network.json``; False (with a warning) when ``out_dir`` is
+    elsewhere and the folder cannot be written (inside the folder that is an error)."""
+    try:
+        update_meta(folder, {"onnx": entry})
+    except OSError as exc:
+        if out_dir.resolve() == folder.resolve():
+            raise
+        log.warning("could not record the ONNX files in %s (%s): they are in %s, but the onnx backends will not "
+                    "find them there", folder / "network.json", exc, out_dir)
+        return False
+    return True
 
 
 def _export_graph(wrapper: "nn.Module", sample: dict[str, "np.ndarray"], names: list[str], path: Path, opset: int,
@@ -250,246 +277,6 @@ def _quiet_export():
         yield
     for w in caught:
         log.debug("onnx export: %s: %s", w.category.__name__, w.message)
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-#: quantisation schemes of model.int8.onnx (see :func:`quantize_int8`); the first is the default
-INT8_SCHEMES = ("per-token", "dynamic")
-DEFAULT_INT8_SCHEME = INT8_SCHEMES[0]
-#: what ``model.int8.onnx`` holds, per scheme (recorded in network.json's onnx entry)
-INT8_DESCRIPTIONS = {
-    "per-token": "int8 weights per output channel (every weight MatMul) with int8 activations scaled per token "
-                 "(MatMulInteger); word-embedding table int8 per row; classifier and attention products fp32",
-    "dynamic": "onnxruntime quantize_dynamic (QInt8 weights per tensor, activations uint8 per tensor, word "
-               "embeddings per tensor)",
-}
-
-
-def quantize_int8(src: Path, dest: Path, scheme: str = DEFAULT_INT8_SCHEME) -> dict:
-    """Write an int8 copy of the fp32 graph ``src`` into ``dest``; returns a description of it
-    (recorded in ``network.json``).
-
-    ``"per-token"`` (default): every MatMul with a constant 2-D weight becomes
-    ``MatMulInteger`` on int8 weights (symmetric, one scale per output column) and uint8
-    activations quantised **per token** (symmetric, one scale per row, zero point 128), the int32
-    result rescaled by both scales; the word-embedding table is stored int8 with one scale per
-    row. onnxruntime's dynamic quantisation (``"dynamic"``) quantises each activation with one
-    range per *tensor*, i.e. per padded batch: a few tokens of a fine-tuned BERT have FFN
-    activations tens of times larger than the rest, so every other token of the batch is
-    quantised with a coarse step (see ``benchmarks/int8.py``).
-
-    ``"dynamic"``: ``quantize_dynamic`` (QInt8 weights per tensor, all quantisable ops), after the
-    recommended pre-processing (graph optimisation; symbolic shape inference fails on these graphs,
-    so it is skipped) when it works."""
-    if scheme not in INT8_SCHEMES:
-        raise SettingsError(f"unknown int8 scheme {scheme!r}: expected one of {', '.join(INT8_SCHEMES)}")
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory(prefix=".emitlab-quant-", dir=Path(dest).parent) as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            with _quiet_root_logger():
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            source = pre
-        except Exception as exc:  # quantising the raw graph still works, only less well
-            log.warning("quantisation pre-processing failed (%s); quantising the graph as exported", exc)
-            source = Path(src)
-        if scheme == "dynamic":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            with _quiet_root_logger():  # the quantiser logs every tensor it skips at INFO on the root logger
-                quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8)
-            return {"scheme": scheme, "weights": INT8_DESCRIPTIONS[scheme]}
-        counts = _quantize_per_token(source, Path(dest))
-    return {"scheme": scheme, "weights": INT8_DESCRIPTIONS[scheme], **counts}
-
-
-def matmul_input_absmax(graph_path: Path, batches: list[dict]) -> dict[str, "np.ndarray"]:
-    """Per-channel max |x| of the input ``x`` of every MatMul with a constant 2-D weight, over the
-    real tokens (``attention_mask``) of ``batches`` (padded model inputs, e.g. training texts)."""
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto
-
-    model = onnx.load(str(graph_path))
-    consts = {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 2}
-    names = list(dict.fromkeys(n.input[0] for n in model.graph.node
-                               if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in consts))
-    outputs = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in outputs:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
-    feeds_names = [i.name for i in sess.get_inputs()]
-    absmax: dict[str, np.ndarray] = {}
-    for batch in batches:
-        values = sess.run(names, {k: np.asarray(batch[k], np.int64) for k in feeds_names})
-        mask = np.asarray(batch["attention_mask"]).astype(bool)
-        for name, v in zip(names, values):
-            m = np.abs(v[mask] if v.ndim == 3 and v.shape[:2] == mask.shape else v.reshape(-1, v.shape[-1])).max(0)
-            absmax[name] = np.maximum(absmax[name], m) if name in absmax else m
-    return absmax
-
-
-def _quantize_per_token(src: Path, dest: Path, keep_fp32: tuple[str, ...] = (), asymmetric: bool = False,
-                        smooth: dict[str, "np.ndarray"] | None = None, alpha: float = 0.5) -> dict:
-    """The ``"per-token"`` scheme of :func:`quantize_int8` as a graph rewrite (standard ONNX ops).
-
-    ``keep_fp32``: MatMuls whose node name contains one of these strings stay fp32.
-    ``asymmetric``: activations quantised per token over their own [min, max] (uint8, zero point 0,
-    ``x ~ scale * q + min``; the ``min * colsum(W)`` term is added back in fp32) instead of
-    symmetrically around 0: twice the resolution for one-sided inputs such as GELU outputs.
-    ``smooth``: per-channel max |x| of MatMul inputs (:func:`matmul_input_absmax` on calibration
-    texts): SmoothQuant's migration of activation outliers into the weights, ``x / s`` and
-    ``s * W`` with ``s = absmax(x)**alpha / absmax(W rows)**(1 - alpha)``, before quantising."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    model = onnx.load(str(src))
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-
-    def weight(name: str):
-        if name not in inits or inits[name].data_type != TensorProto.FLOAT:
-            return None
-        return numpy_helper.to_array(inits[name])
-
-    new_inits, dropped, quantised_inputs = [], set(), {}
-    shared = [numpy_helper.from_array(np.array(1 / 127, np.float32), "int8_pt/inv127"),
-              numpy_helper.from_array(np.array(1e-12, np.float32), "int8_pt/eps"),
-              numpy_helper.from_array(np.array(128, np.float32), "int8_pt/f128"),
-              numpy_helper.from_array(np.array(128, np.uint8), "int8_pt/zp128"),
-              numpy_helper.from_array(np.array(1 / 255, np.float32), "int8_pt/inv255"),
-              numpy_helper.from_array(np.array(0, np.uint8), "int8_pt/zp0")]
-    nodes, n_matmul, n_embed = [], 0, 0
-
-    def quantised(node) -> bool:
-        w = weight(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        return w is not None and w.ndim == 2 and not any(k in node.name for k in keep_fp32)
-
-    smooth_scale: dict[str, np.ndarray] = {}
-    if smooth:
-        wmax: dict[str, np.ndarray] = {}
-        for node in graph.node:
-            if quantised(node) and node.input[0] in smooth:
-                m = np.abs(weight(node.input[1])).max(1)
-                x = node.input[0]
-                wmax[x] = np.maximum(wmax[x], m) if x in wmax else m
-        for x, m in wmax.items():
-            a = np.maximum(smooth[x].astype(np.float64), 1e-5)
-            smooth_scale[x] = np.clip(a ** alpha / np.maximum(m, 1e-5) ** (1 - alpha), 1e-5, 1e5).astype(np.float32)
-    for node in graph.node:
-        if quantised(node):
-            w = weight(node.input[1])
-            x = node.input[0]
-            if x in smooth_scale:
-                w = w * smooth_scale[x][:, None]
-                if x + "/smoothed" not in quantised_inputs and x not in quantised_inputs:
-                    p = f"int8_pt/smooth{len(quantised_inputs)}"
-                    new_inits.append(numpy_helper.from_array(1 / smooth_scale[x], p + "/inv_s"))
-                    nodes.append(helper.make_node("Mul", [x, p + "/inv_s"], [x + "/smoothed"], name=p + "/Mul"))
-                x = x + "/smoothed"
-            if x not in quantised_inputs and asymmetric:
-                p = f"int8_pt/{len(quantised_inputs)}"
-                nodes += [helper.make_node("ReduceMax", [x], [p + "/max"], name=p + "/ReduceMax", axes=[-1],
-                                           keepdims=1),
-                          helper.make_node("ReduceMin", [x], [p + "/min"], name=p + "/ReduceMin", axes=[-1],
-                                           keepdims=1),
-                          helper.make_node("Sub", [p + "/max", p + "/min"], [p + "/range"], name=p + "/Range"),
-                          helper.make_node("Max", [p + "/range", "int8_pt/eps"], [p + "/range_eps"], name=p + "/Max"),
-                          helper.make_node("Mul", [p + "/range_eps", "int8_pt/inv255"], [p + "/scale"],
-                                           name=p + "/Scale"),
-                          helper.make_node("Sub", [x, p + "/min"], [p + "/shifted"], name=p + "/Shift"),
-                          helper.make_node("Div", [p + "/shifted", p + "/scale"], [p + "/scaled"], name=p + "/Div"),
-                          helper.make_node("Round", [p + "/scaled"], [p + "/rounded"], name=p + "/Round"),
-                          helper.make_node("Cast", [p + "/rounded"], [p + "/q"], name=p + "/Cast",
-                                           to=TensorProto.UINT8)]
-                quantised_inputs[x] = (p + "/q", p + "/scale", p + "/min")
-            if x not in quantised_inputs:  # the query/key/value MatMuls share theirs: quantise it once
-                p = f"int8_pt/{len(quantised_inputs)}"
-                nodes += [helper.make_node("Abs", [x], [p + "/abs"], name=p + "/Abs"),
-                          helper.make_node("ReduceMax", [p + "/abs"], [p + "/absmax"], name=p + "/ReduceMax",
-                                           axes=[-1], keepdims=1),
-                          helper.make_node("Max", [p + "/absmax", "int8_pt/eps"], [p + "/absmax_eps"], name=p + "/Max"),
-                          helper.make_node("Mul", [p + "/absmax_eps", "int8_pt/inv127"], [p + "/scale"],
-                                           name=p + "/Scale"),
-                          helper.make_node("Div", [x, p + "/scale"], [p + "/scaled"], name=p + "/Div"),
-                          helper.make_node("Round", [p + "/scaled"], [p + "/rounded"], name=p + "/Round"),
-                          helper.make_node("Add", [p + "/rounded", "int8_pt/f128"], [p + "/shifted"], name=p + "/Add"),
-                          helper.make_node("Cast", [p + "/shifted"], [p + "/q"], name=p + "/Cast",
-                                           to=TensorProto.UINT8)]
-                quantised_inputs[x] = (p + "/q", p + "/scale", None)
-            xq, xscale, xmin = quantised_inputs[x]
-            wscale = np.abs(w).max(0) / 127
-            wscale[wscale == 0] = 1.0
-            wq = np.clip(np.round(w / wscale), -127, 127).astype(np.int8)
-            b = node.input[1]
-            new_inits += [numpy_helper.from_array(wq, b + "/int8"),
-                          numpy_helper.from_array(wscale.astype(np.float32), b + "/scale")]
-            q, out = node.name or b, node.output[0]
-            nodes += [helper.make_node("MatMulInteger", [xq, b + "/int8", "int8_pt/zp0" if xmin else "int8_pt/zp128"],
-                                       [q + "/int32"], name=q + "/MatMulInteger"),
-                      helper.make_node("Cast", [q + "/int32"], [q + "/float"], name=q + "/CastFloat",
-                                       to=TensorProto.FLOAT),
-                      helper.make_node("Mul", [q + "/float", b + "/scale"], [q + "/wscaled"], name=q + "/MulW"),
-                      helper.make_node("Mul", [q + "/wscaled", xscale], [q + "/xscaled" if xmin else out],
-                                       name=q + "/MulX")]
-            if xmin:  # x = scale * q + min: add min * (sum over the input dimension of W) back
-                new_inits.append(numpy_helper.from_array(w.sum(0).astype(np.float32), b + "/colsum"))
-                nodes += [helper.make_node("Mul", [xmin, b + "/colsum"], [q + "/offset"], name=q + "/Offset"),
-                          helper.make_node("Add", [q + "/xscaled", q + "/offset"], [out], name=q + "/AddOffset")]
-            n_matmul += 1
-            if uses[b] == 1:
-                dropped.add(b)
-            continue
-        table = weight(node.input[0]) if node.op_type == "Gather" else None
-        if table is not None and table.ndim == 2 and node.input[1] == "input_ids":  # the word-embedding table
-            t, out = node.input[0], node.output[0]
-            scale = np.abs(table).max(1) / 127
-            scale[scale == 0] = 1.0
-            q = np.clip(np.round(table / scale[:, None]), -127, 127).astype(np.int8)
-            new_inits += [numpy_helper.from_array(q, t + "/int8"),
-                          numpy_helper.from_array(scale.astype(np.float32)[:, None], t + "/row_scale")]
-            nodes += [helper.make_node("Gather", [t + "/int8", node.input[1]], [out + "/int8"],
-                                       name=out + "/GatherInt8", axis=0),
-                      helper.make_node("Gather", [t + "/row_scale", node.input[1]], [out + "/scale"],
-                                       name=out + "/GatherScale", axis=0),
-                      helper.make_node("Cast", [out + "/int8"], [out + "/float"], name=out + "/Cast",
-                                       to=TensorProto.FLOAT),
-                      helper.make_node("Mul", [out + "/float", out + "/scale"], [out], name=out + "/Dequantize")]
-            n_embed += 1
-            if uses[t] == 1:
-                dropped.add(t)
-            continue
-        nodes.append(node)
-    if not n_matmul:
-        raise ModelFormatError(f"{src}: no MatMul with a constant weight to quantise (not an encoder graph?)")
-    kept = [t for t in graph.initializer if t.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + shared + new_inits)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.ClearField("value_info")  # shapes of the pre-processed graph; onnxruntime infers its own
-    onnx.save(model, str(dest))
-    return {"quantised_matmuls": n_matmul, "quantised_embeddings": n_embed}
 
 
 def _max_logit_diff(predictor: EncoderPredictor, onnx_path: Path, batches: list[list[str]]) -> float:
@@ -639,5 +426,4 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-__all__ = ["BACKEND_FILES", "INT8_SCHEMES", "OnnxBackend", "export_onnx", "load_onnx_backend", "quantize_int8",
-           "register_cli"]
+__all__ = ["BACKEND_FILES", "OnnxBackend", "export_onnx", "load_onnx_backend", "register_cli"]

@@ -280,6 +280,8 @@ class LexiconMember:
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if self.W is None:
             raise RuntimeError("LexiconMember is not fitted")
+        if len(texts) == 0:
+            return np.zeros((0, len(self.b)))
         return logistic_proba(self._standardised(texts), self.W, self.b)
 
     def save(self, folder: Path) -> dict[str, Any]:

@@ -104,6 +104,8 @@ class TfidfMember:
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if self.W is None:
             raise RuntimeError("TfidfMember is not fitted")
+        if len(texts) == 0:
+            return np.zeros((0, len(self.b)))
         return logistic_proba(self.features(texts), self.W, self.b)
 
     @property

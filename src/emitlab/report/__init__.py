@@ -296,31 +296,29 @@ def _plain(v: Any) -> Any:
 
 
 def _kind(run: RunData, name: str) -> str:
-    """What a candidate is, in words: "member", "average of probabilities", "stacker (C=1)"..."""
+    """What a candidate is, in words: "member", "average of probabilities", "stacker (C=1)"... (the
+    combiner describes itself: :func:`~emitlab.engine.ensemble.describe_combiner`)."""
+    from emitlab.engine.ensemble import describe_combiner
+
     comb = run.models[name].get("combiner")
     if comb is None:
         if run.schema < 2 and name == "ensemble":
             return "average of probabilities"
         return "member" if name in run.members or len(run.models) == 1 else "model"
-    if comb.get("kind") == "average":
-        if name in run.members:
-            return "member"
-        w = np.asarray(comb.get("weights") or [], dtype=float)
-        kind = f"average of {'logits' if comb.get('space') == 'logit' else 'probabilities'}"
-        if w.size == len(run.members) and np.count_nonzero(w) == 1:
-            kind += f" (all weight on {run.members[int(np.argmax(w))]})"
-        return kind
-    if comb.get("kind") == "stacker":
-        return f"stacker (C={comb.get('C', 1.0):g})"
-    return str(comb.get("kind"))
+    if name in run.members:
+        return "member"
+    return describe_combiner(comb, run.members) or "model"
 
 
 def _average_weights(run: RunData, name: str) -> list[float] | None:
-    """The member weights of an averaging candidate (schema 1: the transformer's weight)."""
+    """The member weights of a combiner with one weight per member, an average (schema 1: the
+    transformer's weight)."""
+    from emitlab.engine.ensemble import member_weights
+
     m = run.models[name]
-    comb = m.get("combiner") or {}
-    if comb.get("kind") == "average" and len(comb.get("weights") or []) == len(run.members):
-        return [float(w) for w in comb["weights"]]
+    weights = member_weights(m.get("combiner"), run.members)
+    if weights is not None:
+        return weights
     if "weight_on_transformer" in m and run.members == ["baseline", "transformer"]:
         w = float(m["weight_on_transformer"])
         return [1.0 - w, w]

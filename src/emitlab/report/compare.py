@@ -94,26 +94,25 @@ def _rows_schema1(run_dir: Path, metrics: dict, config: dict) -> list[dict[str, 
 
 
 def _members_used(name: str, m: dict, members: list[str]) -> list[str]:
-    """The members a schema-2 candidate draws on: itself for a member, those with a weight > 0 for an
-    average, all of them for a stacker."""
+    """The members a schema-2 candidate draws on: itself for a member, else what its combiner says
+    (:func:`~emitlab.engine.ensemble.members_used`: those with a weight > 0 for an average, all for a stacker)."""
+    from emitlab.engine.ensemble import members_used
+    from emitlab.registry import COMBINERS
+
     if name in members:
         return [name]
     comb = m.get("combiner") or {}
-    if comb.get("kind") == "average" and len(comb.get("weights") or []) == len(members):
-        return [mem for mem, w in zip(members, comb["weights"]) if w > 0]
-    return list(members)
+    if comb.get("kind") not in COMBINERS:
+        return list(members)
+    return members_used(comb, members)
 
 
 def _combiner_text(name: str, m: dict, members: list[str]) -> str | None:
-    comb = m.get("combiner") or {}
-    if name in members or not comb:
+    from emitlab.engine.ensemble import describe_combiner
+
+    if name in members:
         return None
-    if comb.get("kind") == "average":
-        weights = " ".join(f"{mem}={w:.2f}" for mem, w in zip(members, comb.get("weights") or []))
-        return f"{comb.get('space', 'prob')} avg {weights}"
-    if comb.get("kind") == "stacker":
-        return f"stacker C={comb.get('C', 1.0):g}"
-    return str(comb.get("kind"))
+    return describe_combiner(m.get("combiner"), members, short=True)
 
 
 def _folds_text(used: list[str], info: dict) -> str | None:

