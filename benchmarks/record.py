@@ -1,6 +1,7 @@
 """Run an emitlab command and keep its result as JSON under benchmarks/results/.
 
     python benchmarks/record.py NAME -- emitlab baseline --data ../shared/data/emit --out runs/x
+    python benchmarks/record.py NAME -- emitlab distill runs/x      # the student of a finished run
 
 The JSON holds the command, the machine (CPU model, cores, memory, GPU), the date, library
 versions, the git commit of the code and whether its tree had uncommitted changes (other records
@@ -77,13 +78,23 @@ def main() -> int:
         print(__doc__)
         return 2
     name, command = sys.argv[1], sys.argv[3:]
-    out = Path(command[command.index("--out") + 1])
+    distill = "distill" in command
+    out = Path(command[command.index("distill") + 1] if distill else command[command.index("--out") + 1])
     t0 = time.time()
     proc = subprocess.run(command)
     wall = time.time() - t0
     if proc.returncode != 0:
         print(f"command failed with status {proc.returncode}", file=sys.stderr)
         return proc.returncode
+    if distill:  # the student's record (distill.json) and the teacher run's settings
+        config = json.loads((out / "config.json").read_text())
+        config.pop("versions", None)
+        path = write_result(name, {"command": shlex.join(command), "wall_seconds": round(wall, 1),
+                                   "teacher_run": {"path": str(out), "git": config.pop("git", None),
+                                                   "settings": config},
+                                   "distill": json.loads((out / "distill.json").read_text())})
+        print(f"result written to {path}")
+        return 0
     metrics = json.loads((out / "metrics.json").read_text())
     config = json.loads((out / "config.json").read_text())
     config.pop("versions", None)

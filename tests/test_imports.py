@@ -103,7 +103,7 @@ LAYERS = (
     ("inference", ("emitlab.inference",)),
     ("batch, serving", ("emitlab.batch", "emitlab.serving")),
     ("report", ("emitlab.report",)),
-    ("jobs", ("emitlab.jobs",)),
+    ("jobs", ("emitlab.jobs", "emitlab.distill")),
     ("cli", ("emitlab.cli",)),
 )
 

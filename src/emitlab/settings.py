@@ -462,6 +462,27 @@ class RunConfig(SettingsGroup):
     report: bool = field(default=True, metadata={"help": "Write report.html into the run folder."})
 
 
+@dataclass
+class DistillConfig(SettingsGroup):
+    """``emitlab distill``: the student trained on a run's ensemble (:mod:`emitlab.distill`)."""
+
+    gold_weight: float = field(default=0.5, metadata={"min": 0, "max": 1, "help": (
+        "Weight of the gold labels in each training text's target; the rest is the teacher's out-of-fold "
+        "probability (1 = gold alone, 0 = the teacher alone).")})
+    transfer: bool = field(default=True, metadata={"help": (
+        "Also train on the out-of-domain proxy corpus' texts (MultiEmotions-It), without their labels, with "
+        "the teacher's zero-shot probabilities as targets.")})
+    student_model: str = field(default="", metadata={"help": (
+        "The student's encoder (a folder or Hub id); empty: the run's --model.")})
+    epochs: float = field(default=0.0, metadata={"min": 0, "off": "0 = the run's", "help": (
+        "The student's training epochs; 0 = the run's --epochs.")})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (> 0); -1 = the run's."})
+    val_fraction: float = field(default=0.1, metadata={"gt": 0, "lt": 1, "help": (
+        "Share of the training texts held out (stratified) to choose the student's best epoch and calibrate it.")})
+    speed_texts: int = field(default=256, metadata={"min": 0, "help": (
+        "Test texts on which teacher and student are timed, one after the other (0 = no timing).")})
+
+
 #: Every settings group, in the order of config files and ``config.json``.
 GROUPS = (RunConfig, DataConfig, CleaningConfig, TfidfConfig, LexiconConfig, TrainConfig, CalibrationConfig,
           EnsembleConfig)

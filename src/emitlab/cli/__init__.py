@@ -182,6 +182,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _job(args, "run", None, {})
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from emitlab.distill import RESULT_FILE, STUDENT_EXPORT, distill
+    from emitlab.settings import DistillConfig
+
+    dcfg = build_configs(args, [DistillConfig])[DistillConfig]
+    result = distill(Path(args.run_dir), dcfg, data_dir=args.data)
+    print(distill_summary(result))
+    print(f"student: {Path(args.run_dir) / STUDENT_EXPORT} (+ .zip); record: {Path(args.run_dir) / RESULT_FILE}")
+    return 0
+
+
+def distill_summary(result: dict) -> str:
+    """Teacher and student side by side: macro-F1 per set, speed and size."""
+    teacher, student = result["teacher"], result["student"]
+    rows = [("", "teacher (" + teacher["model"] + ")", "student")]
+    for key in ("test", "ood_proxy"):
+        if key in teacher or key in student:
+            rows.append((f"{key} macro-F1", _fmt((teacher.get(key) or {}).get("macro_f1")),
+                         _fmt((student.get(key) or {}).get("macro_f1"))))
+    speed = result.get("speed") or {}
+    rows.append(("texts/s", _fmt(speed.get("teacher_texts_per_s"), 1), _fmt(speed.get("student_texts_per_s"), 1)))
+    size = result.get("size_bytes") or {}
+    rows.append(("size (MB)", _fmt(size.get("teacher", 0) / 1e6, 1), _fmt(size.get("student", 0) / 1e6, 1)))
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Single-process (streaming, resumable; see emitlab.batch.predict) or Ray Data
     (emitlab.batch.ray_predict) prediction with the whole exported ensemble."""
@@ -274,9 +305,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_commands(sub)
     register_compare(sub)
     register_serve(sub)
+    _add_distill_command(sub)
     _add_predict_command(sub)
     register_onnx(sub)
     return parser
+
+
+def _add_distill_command(sub: argparse._SubParsersAction) -> None:
+    from emitlab.settings import DistillConfig
+
+    p = sub.add_parser("distill", help="One fast network from a run's ensemble: a student trained on the ensemble's "
+                                       "out-of-fold probabilities, calibrated and exported beside model/.",
+                       description="Train a student on RUN_DIR's ensemble: its targets are gold labels mixed with "
+                                   "the teacher's out-of-fold probabilities (no text's target comes from a model "
+                                   "that saw it), plus unlabelled transfer texts with the teacher's zero-shot "
+                                   "probabilities. A held-out tenth chooses its epoch and calibrates it; the test "
+                                   "file chooses nothing. Writes RUN_DIR/student (+ .zip) and distill.json.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="A finished run folder of `emitlab run` (cross-fitted).")
+    p.add_argument("--data", default=None,
+                   help="The run's data folder, where config.json's (relative) path no longer points at it.")
+    add_dataclass_arguments(p, DistillConfig)
+    p.set_defaults(func=cmd_distill)
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,298 @@
+"""``emitlab distill RUN_DIR``: one fast network from a run's ensemble (a *student*).
+
+The student is one encoder (the run's ``--model`` unless ``--student-model``), fine-tuned on soft
+targets that no text's own model made:
+
+- for each training text, ``gold_weight`` x its gold labels + (1 - ``gold_weight``) x the teacher's
+  **out-of-fold** probability (``predictions.npz``: the chosen candidate's combination of the
+  members' out-of-fold predictions, each from the fold model that held that text out);
+- with ``--transfer`` (default), the texts of the out-of-domain proxy corpus *without their labels*,
+  with the teacher's zero-shot probabilities as targets (the teacher never trained on them).
+  Never the test or out-of-domain texts.
+
+Like ``emitlab train``, a stratified ``--val-fraction`` of the training texts is held out: it
+chooses the student's best epoch and calibrates its thresholds and decoding rules (its gold
+labels; the test file chooses nothing). The student is exported as an ordinary emitlab model,
+``RUN_DIR/student`` and ``student.zip`` beside ``model/``, so ``predict``, ``serve`` and Ray
+load it like any export; ``distill.json`` holds teacher and student side by side (macro-F1 per set
+and per label, texts/s measured in one process, sizes), which the report and ``compare`` show.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emitlab.data.cleaning import TextCleaner
+from emitlab.data.extra import OOD_DOMAIN, TASK_DOMAIN
+from emitlab.data.loading import EmitData
+from emitlab.data.split import stratified_split
+from emitlab.engine.calibration import calibrate
+from emitlab.engine.crossfit import FOLD_FILE
+from emitlab.engine.evaluation import evaluate_decoded, write_submission
+from emitlab.errors import RunFolderError
+from emitlab.io import atomic_write_json
+from emitlab.jobs import PROXY_SET, SET_DOMAINS, load_data, training_rows, with_marker
+from emitlab.settings import GROUPS, CalibrationConfig, CleaningConfig, DataConfig, DistillConfig, TrainConfig
+
+log = logging.getLogger("emitlab")
+
+#: Where the student goes in the run folder: its export (and ``.zip``), its work folder, its record.
+STUDENT_EXPORT = "student"
+WORK_DIR = "distill"
+RESULT_FILE = "distill.json"
+
+
+# --------------------------------------------------------------------------------------
+# What the run left
+
+
+def run_settings(run: Path) -> dict[type, Any]:
+    """The run's settings groups from its ``config.json`` (defaults for what it does not hold)."""
+    from emitlab.settings import section_name
+    from emitlab.settings_cli import read_config_file
+
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise RunFolderError(f"{run}: no config.json (not a run folder of emitlab run/train)")
+    data = read_config_file(path, list(GROUPS))
+    return {cls: cls(**(data.get(section_name(cls)) or {})) for cls in GROUPS}
+
+
+def teacher_predictions(run: Path) -> tuple[str, dict[str, np.ndarray]]:
+    """The chosen candidate's name and its arrays of ``predictions.npz``: ``validation`` (out-of-fold
+    probabilities of ``validation_rows``), ``y_validation``, and each prediction set's."""
+    run = Path(run)
+    for name in ("metrics.json", "predictions.npz"):
+        if not (run / name).is_file():
+            raise RunFolderError(f"{run}: no {name} (an unfinished run? distill needs a finished one)")
+    best = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["best_model"]
+    with np.load(run / "predictions.npz", allow_pickle=False) as z:
+        arrays = {k[len(best) + 1:]: z[k] for k in z.files if k.startswith(best + "_")}
+        arrays["validation_rows"] = z["validation_rows"]
+        arrays["y_validation"] = z["y_validation"]
+    return best, arrays
+
+
+def soft_targets(gold: np.ndarray, teacher_rows: np.ndarray, teacher_probs: np.ndarray,
+                 gold_weight: float) -> np.ndarray:
+    """``gold_weight`` x gold + (1 - ``gold_weight``) x the teacher's out-of-fold probability, for the
+    rows ``teacher_rows`` that have one (all of them after cross-fitting); gold alone elsewhere (a
+    90/10 run predicted only its held tenth honestly)."""
+    targets = np.asarray(gold, dtype=np.float64).copy()
+    rows = np.asarray(teacher_rows, dtype=np.int64)
+    targets[rows] = gold_weight * targets[rows] + (1.0 - gold_weight) * np.asarray(teacher_probs, dtype=np.float64)
+    return targets
+
+
+def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCleaner,
+                  markers: bool) -> tuple[list[str], np.ndarray, str]:
+    """The unlabelled transfer texts and the teacher's probabilities for them: the proxy corpus'
+    texts when the teacher predicted them zero-shot (it never trained on them); ``([], ..., why)``
+    otherwise."""
+    probs = arrays.get(PROXY_SET)
+    if data.proxy is None or probs is None:
+        return [], np.zeros((0, len(data.label_names))), "no zero-shot proxy corpus in this run"
+    if len(data.proxy) != len(probs):
+        return [], np.zeros((0, len(data.label_names))), (
+            f"the proxy corpus has {len(data.proxy)} texts now, the run predicted {len(probs)}")
+    texts = with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
+    return texts, np.asarray(probs, dtype=np.float64), f"{data.proxy.name}: {len(texts)} texts, labels unused"
+
+
+# --------------------------------------------------------------------------------------
+# The job
+
+
+def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict[str, Any]:
+    """Train, calibrate, evaluate, export and measure the student of ``run``; returns ``distill.json``."""
+    from emitlab.members.transformer.member import TransformerMember
+
+    run = Path(run)
+    t_start = time.time()
+    cfgs = run_settings(run)
+    if data_dir:
+        cfgs[DataConfig] = replace(cfgs[DataConfig], data=data_dir)
+    best, arrays = teacher_predictions(run)
+    data = load_data(cfgs[DataConfig])
+    cleaner = TextCleaner(cfgs[CleaningConfig])
+    markers = cfgs[DataConfig].domain_marker
+    label_names = list(data.label_names)
+    train = training_rows(data, cleaner.clean_many(data.train.texts), cleaner, markers)  # drops proxy duplicates
+    n, gold = train.n, data.train.labels
+    if len(arrays["y_validation"]) != len(arrays["validation_rows"]) or \
+            not np.array_equal(arrays["y_validation"], gold[arrays["validation_rows"]]):
+        raise RunFolderError(f"{run}: its predictions do not match the training file of {cfgs[DataConfig].data!r} "
+                             "(another data folder? give the run's with --data)")
+    targets = soft_targets(gold, arrays["validation_rows"], arrays["validation"], dcfg.gold_weight)
+    extra_texts, extra_targets, why = (transfer_rows(data, arrays, cleaner, markers) if dcfg.transfer
+                                       else ([], np.zeros((0, len(label_names))), "--no-transfer"))
+    log.info("student targets: %d training texts (%d with the teacher's out-of-fold %s, gold weight %.2f); "
+             "transfer: %s", n, len(arrays["validation_rows"]), best, dcfg.gold_weight, why)
+
+    tr, va = stratified_split(gold, dcfg.val_fraction, cfgs[DataConfig].seed, source=data.train.source)
+    texts = list(train.texts[:n]) + list(extra_texts)
+    fit_rows = np.concatenate([tr, n + np.arange(len(extra_texts))]).astype(np.int64)
+    labels = np.vstack([targets, extra_targets]) if len(extra_texts) else targets
+    train_cfg = _student_train_config(cfgs[TrainConfig], dcfg)
+    work = run / WORK_DIR
+    member = TransformerMember(train_cfg, workdir=work / "work", seed=cfgs[DataConfig].seed,
+                               eval_texts=[texts[i] for i in va], eval_labels=gold[va], select_on_eval=True)
+    t = time.time()
+    member.fit([texts[i] for i in fit_rows], labels[fit_rows], label_names)
+    train_seconds = time.time() - t
+    held = member.predict_proba([texts[i] for i in va])
+    cal = cfgs[CalibrationConfig]
+    report = calibrate(gold[va], held, label_names, cal.thresholds, cal.structure, cal.repeats)
+
+    folder = _save_student(member, work)
+    export = _export_student(run, data, cfgs, report, folder)
+    result = {
+        "teacher": _teacher_scores(run, best),
+        "student": _student_scores(member, report, data, cleaner, markers, gold[va], held, label_names, work),
+        "targets": {"training_texts": n, "with_teacher_out_of_fold": int(len(arrays["validation_rows"])),
+                    "gold_weight": dcfg.gold_weight, "transfer": why, "transfer_texts": len(extra_texts),
+                    "held_out_for_epoch_and_calibration": int(len(va))},
+        "settings": {"distill": dcfg.__dict__, "train": train_cfg.__dict__},
+        "export": export,
+        "train_seconds": round(train_seconds, 1),
+        "fit": {k: v for k, v in member.fit_info.items() if k != "log_history"},
+    }
+    result["export"]["reload_max_abs_diff"] = _reload_check(run, data, member, cleaner, markers)
+    result["speed"] = measure_speed(run, data, dcfg.speed_texts)
+    result["size_bytes"] = {"teacher": folder_bytes(run / "model"), "student": folder_bytes(run / STUDENT_EXPORT)}
+    result["seconds"] = round(time.time() - t_start, 1)
+    atomic_write_json(run / RESULT_FILE, result)
+    if hasattr(member, "cleanup"):  # training checkpoints, no longer needed once saved
+        member.cleanup()
+    return result
+
+
+def _reload_check(run: Path, data: EmitData, member, cleaner: TextCleaner, markers: bool) -> float | None:
+    """How far the reloaded export's probabilities are from the trained student's, on the test texts."""
+    from emitlab.inference import EmotionClassifier
+
+    ds = data.prediction_sets.get("test")
+    if ds is None:
+        return None
+    raw = list(ds.texts[:64])
+    mine = member.predict_proba(with_marker(cleaner.clean_many(raw), TASK_DOMAIN if markers else None))
+    again = EmotionClassifier.from_pretrained(run / STUDENT_EXPORT).predict_proba(raw)
+    return float(np.abs(again - mine).max())
+
+
+def _student_train_config(teacher: TrainConfig, dcfg: DistillConfig) -> TrainConfig:
+    changes: dict[str, Any] = {}
+    if dcfg.student_model:
+        changes["model"] = dcfg.student_model
+    if dcfg.epochs > 0:
+        changes["epochs"] = dcfg.epochs
+    if dcfg.max_steps > 0:
+        changes["max_steps"] = dcfg.max_steps
+    return replace(teacher, **changes)
+
+
+def _save_student(member, work: Path) -> Path:
+    """The student as one fold folder (the layout ``write_export`` takes)."""
+    folder = work / "members" / "transformer" / "fold-0"
+    spec = member.save(folder)
+    atomic_write_json(folder / FOLD_FILE, {"spec": spec, "seconds": member.fit_info.get("train_seconds")})
+    return folder
+
+
+def _export_student(run: Path, data: EmitData, cfgs: dict, report, folder: Path) -> dict[str, Any]:
+    from emitlab.export import read_meta, write_export
+
+    teacher_meta = read_meta(run / "model") if (run / "model").is_dir() else {}
+    meta = {
+        "task": data.task,
+        "labels": list(data.label_names),
+        "model_kind": "student",
+        "decoder": report.decoder.to_dict(),
+        "combiner": {"kind": "average", "space": "prob", "weights": [1.0]},
+        "cleaning": TextCleaner(cfgs[CleaningConfig]).to_dict(),
+        "metrics": {},
+        "nested_macro_f1": None,
+        "distilled_from": {"run": str(run.resolve()), "model_kind": teacher_meta.get("model_kind")},
+    }
+    if "domain_marker" in teacher_meta:
+        meta["domain_marker"] = teacher_meta["domain_marker"]
+    path = write_export(run / STUDENT_EXPORT, meta, {"transformer": [folder]})
+    return {"path": str(path), "zip": str(path.with_name(path.name + ".zip"))}
+
+
+def _teacher_scores(run: Path, best: str) -> dict[str, Any]:
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    m = metrics["models"][best]
+    out = {"model": best, "validation_macro_f1": m["validation"]["macro_f1"]}
+    for key in ("test", PROXY_SET):
+        if key in m:
+            out[key] = {"macro_f1": m[key]["macro_f1"], "per_label_f1": _per_label(m[key])}
+    models = metrics["models"]
+    members = [name for name in metrics.get("members", {}) if name in models and "test" in models[name]]
+    out["best_member"] = max(((metrics["models"][k]["test"]["macro_f1"], k) for k in members), default=(None, None))[1]
+    if out["best_member"]:
+        out["best_member_test_macro_f1"] = metrics["models"][out["best_member"]]["test"]["macro_f1"]
+    return out
+
+
+def _per_label(m: dict) -> dict[str, float]:
+    return {label: v["f1"] for label, v in (m.get("per_label") or {}).items()}
+
+
+def _student_scores(member, report, data: EmitData, cleaner: TextCleaner, markers: bool, y_held: np.ndarray,
+                    held: np.ndarray, label_names: list[str], work: Path) -> dict[str, Any]:
+    """The student's metrics: its held-out tenth, each set with gold, the proxy; submissions."""
+    out: dict[str, Any] = {"calibration": report.to_dict(),
+                           "held_out": evaluate_decoded(y_held, held, report.decoder, label_names)}
+    sets = dict(data.prediction_sets)
+    for name, ds in sets.items():
+        texts = with_marker(cleaner.clean_many(ds.texts), SET_DOMAINS.get(name, TASK_DOMAIN) if markers else None)
+        probs = member.predict_proba(texts)
+        write_submission(work / f"student_submission_task-{data.task}_{name}.csv", ds.ids,
+                         report.decoder.decode(probs), label_names)
+        if ds.labels is not None:
+            m = evaluate_decoded(ds.labels, probs, report.decoder, label_names)
+            out[name] = {"macro_f1": m["macro_f1"], "micro_f1": m.get("micro_f1"), "per_label_f1": _per_label(m)}
+    if data.proxy is not None and data.proxy.labels is not None:
+        texts = with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
+        m = evaluate_decoded(data.proxy.labels, member.predict_proba(texts), report.decoder, label_names)
+        out[PROXY_SET] = {"macro_f1": m["macro_f1"], "per_label_f1": _per_label(m),
+                          "note": "the proxy corpus' texts may have been transfer texts (labels unused)"}
+    return out
+
+
+def measure_speed(run: Path, data: EmitData, n_texts: int) -> dict[str, Any]:
+    """Texts per second of the teacher's and the student's exports on the same raw test texts, in
+    this process, one after the other (a ratio; absolute speeds depend on the machine)."""
+    from emitlab.inference import EmotionClassifier
+
+    ds = data.prediction_sets.get("test")
+    texts = list(ds.texts[:n_texts]) if ds is not None else []
+    out: dict[str, Any] = {"texts": len(texts)}
+    if not texts:
+        return out
+    for who, path in (("teacher", run / "model"), ("student", run / STUDENT_EXPORT)):
+        if not path.is_dir():
+            continue
+        clf = EmotionClassifier.from_pretrained(path)
+        clf.predict_proba(texts[:8])  # warm-up
+        t = time.perf_counter()
+        clf.predict_proba(texts)
+        out[f"{who}_texts_per_s"] = round(len(texts) / (time.perf_counter() - t), 1)
+    if out.get("teacher_texts_per_s") and out.get("student_texts_per_s"):
+        out["student_over_teacher"] = round(out["student_texts_per_s"] / out["teacher_texts_per_s"], 2)
+    return out
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() else 0
+
+
+__all__ = ["distill", "soft_targets", "teacher_predictions", "transfer_rows", "run_settings", "measure_speed"]

@@ -1,0 +1,110 @@
+"""``emitlab distill``: a student from a tiny run's ensemble, trained on out-of-fold soft targets,
+calibrated on its own held-out tenth, exported, reloaded, predicted and served like any export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emitlab.cli import main
+from emitlab.distill import RESULT_FILE, STUDENT_EXPORT, soft_targets, teacher_predictions
+
+FAST = ["--speed-texts", "16"]
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_run, emit_folder, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("distill") / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    assert main(["-q", "distill", str(run), "--data", str(emit_folder), "--gold-weight", "0.3", *FAST]) == 0
+    return run
+
+
+def test_the_student_is_an_ordinary_export(distilled, capsys):
+    result = json.loads((distilled / RESULT_FILE).read_text())
+    assert (distilled / STUDENT_EXPORT / "emitlab.json").is_file() and (distilled / "student.zip").is_file()
+    meta = json.loads((distilled / STUDENT_EXPORT / "emitlab.json").read_text())
+    assert [m["kind"] for m in meta["members"]] == ["transformer"] and len(meta["members"][0]["folds"]) == 1
+    assert result["export"]["reload_max_abs_diff"] < 1e-5
+    assert 0 <= result["student"]["test"]["macro_f1"] <= 1 and "per_label_f1" in result["student"]["test"]
+    assert result["teacher"]["test"]["macro_f1"] == json.loads((distilled / "metrics.json").read_text())[
+        "models"][result["teacher"]["model"]]["test"]["macro_f1"]
+    assert result["speed"]["texts"] == 16 and result["speed"]["student_texts_per_s"] > 0
+    assert result["size_bytes"]["student"] > 0
+    # predict like any export
+    capsys.readouterr()
+    assert main(["predict", "--model", str(distilled / STUDENT_EXPORT), "paura terrore", "amore cuore"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == 2 and all(set(r["probabilities"]) == set(meta["labels"]) for r in rows)
+    # and serve
+    from fastapi.testclient import TestClient
+
+    from emitlab.inference import EmotionClassifier
+    from emitlab.serving.app import create_app
+
+    with TestClient(create_app(EmotionClassifier.from_pretrained(distilled / STUDENT_EXPORT))) as client:
+        r = client.post("/predict", json={"texts": ["che schifo"]})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+    # submissions of the student
+    assert (distilled / "distill" / "student_submission_task-A_test.csv").is_file()
+
+
+def test_soft_targets_come_only_from_out_of_fold_predictions(distilled):
+    """Each training text's target is gold mixed with the teacher's out-of-fold probability; that
+    probability is the chosen combination of the members' out-of-fold predictions, and each of those
+    came from the one fold model whose training rows do not include the text."""
+    best, arrays = teacher_predictions(distilled)
+    rows, gold = arrays["validation_rows"], arrays["y_validation"]
+    targets = soft_targets(gold, np.arange(len(rows)), arrays["validation"], 0.3)
+    np.testing.assert_allclose(targets, 0.3 * gold + 0.7 * arrays["validation"])
+
+    folds = json.loads((distilled / "folds.json").read_text())
+    with np.load(distilled / "predictions.npz", allow_pickle=False) as z:
+        member_oof = {k.split(":", 1)[1].rsplit("_", 1)[0]: z[k] for k in z.files
+                      if k.startswith("member:") and k.endswith("_validation")}
+    for name, oof in member_oof.items():
+        fold_of = np.asarray(folds["transformer" if name == "transformer" and "transformer" in folds
+                                   else "default"]["fold_of_row"])
+        assert fold_of.min() == 0 and len(fold_of) == len(rows)  # every text held out by exactly one fold
+        for i in range(fold_of.max() + 1):
+            held = np.flatnonzero(fold_of == i)  # fold i's model trained on the rows with fold_of != i
+            with np.load(distilled / "members" / name / f"fold-{i}" / "fold_predictions.npz") as z:
+                np.testing.assert_allclose(oof[held], z["heldout"], atol=1e-12)  # the held rows' part is its own
+
+    from emitlab.engine.ensemble import combiner_from_dict
+
+    metrics = json.loads((distilled / "metrics.json").read_text())
+    comb = combiner_from_dict(metrics["models"][best]["combiner"])
+    members = list(metrics["members"])
+    if best not in members and type(comb).__name__ == "WeightedAverage":  # the stacker's are inner-CV out-of-fold
+        np.testing.assert_allclose(comb.combine([member_oof[m] for m in members]), arrays["validation"], atol=1e-9)
+
+
+def test_the_test_labels_choose_nothing(distilled, emit_folder, tmp_path):
+    """Shuffled test labels: the same student (training, epoch, thresholds), only its test score moves."""
+    shuffled = tmp_path / "emit"
+    shutil.copytree(emit_folder, shuffled)
+    path = shuffled / "emit_test.csv"
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    header, body = rows[0], rows[1:]
+    order = np.random.default_rng(3).permutation(len(body))
+    labels = [r[2:] for r in body]
+    body = [r[:2] + labels[j] for r, j in zip(body, order)]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([header] + body)
+    run = tmp_path / "run"
+    shutil.copytree(distilled, run, symlinks=True, ignore=shutil.ignore_patterns("distill", "student", "student.zip",
+                                                                                  RESULT_FILE))
+    assert main(["-q", "distill", str(run), "--data", str(shuffled), "--gold-weight", "0.3", "--speed-texts", "0"]) == 0
+    a = json.loads((distilled / RESULT_FILE).read_text())
+    b = json.loads((run / RESULT_FILE).read_text())
+    assert a["student"]["calibration"] == b["student"]["calibration"]
+    assert a["student"]["held_out"] == b["student"]["held_out"]
+    assert a["fit"]["global_steps"] == b["fit"]["global_steps"]
+    assert a["fit"]["best_eval_macro_f1_at_0.5"] == b["fit"]["best_eval_macro_f1_at_0.5"]
