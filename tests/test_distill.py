@@ -54,6 +54,21 @@ def test_the_student_is_an_ordinary_export(distilled, capsys):
     assert (distilled / "distill" / "student_submission_task-A_test.csv").is_file()
 
 
+def test_report_and_compare_show_teacher_and_student(distilled, capsys):
+    from emitlab.report import write_report
+    from emitlab.report.compare import compare_runs
+
+    html = write_report(distilled).read_text(encoding="utf-8")
+    assert "Distilled student: teacher and student" in html and "per-label test F1, teacher and student" in html
+    frame = compare_runs([distilled])
+    student = frame[frame["model"] == "student"].iloc[0]
+    result = json.loads((distilled / RESULT_FILE).read_text())
+    assert student["test_macro_f1"] == result["student"]["test"]["macro_f1"]
+    assert student["combiner"] == f"distilled from {result['teacher']['model']}"
+    assert main(["compare", str(distilled)]) == 0
+    assert "student" in capsys.readouterr().out
+
+
 def test_soft_targets_come_only_from_out_of_fold_predictions(distilled):
     """Each training text's target is gold mixed with the teacher's out-of-fold probability; that
     probability is the chosen combination of the members' out-of-fold predictions, and each of those

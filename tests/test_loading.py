@@ -204,3 +204,101 @@ def test_cli_entry_point_has_no_traceback(tmp_path):
     res = subprocess.run([sys.executable, "-m", "emitlab.cli", "data", "validate", "--data", str(p)],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr and "not 0 or 1" in res.stderr
+
+
+# --------------------------------------------------------------------------------------
+# emitlab.data.readers: one reader for every format, whole or in chunks
+
+READER_IDS = ["0012", "a,b", "3", "4", "5", "6", "7"]
+READER_TEXTS = ["uno", "due, con virgola", 'tre "virgolette"', "quattro\nsu due righe", "cinque 😂", "sei", "sette"]
+
+
+def _write_table(path: Path, with_ids: bool = True) -> Path:
+    import json
+
+    import pandas as pd
+
+    frame = pd.DataFrame({"id": READER_IDS, "text": READER_TEXTS} if with_ids else {"text": READER_TEXTS})
+    frame["other"] = "x"
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in frame.to_dict("records")),
+                        encoding="utf-8")
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(frame.to_dict("records"), ensure_ascii=False), encoding="utf-8")
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json", ".parquet", ".txt"])
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_reader_whole_and_in_chunks_give_the_same_rows(tmp_path, suffix, with_ids):
+    from emitlab.data.readers import iter_column_chunks, read_frame
+
+    path = _write_table(tmp_path / f"in{suffix}", with_ids)
+    whole = read_frame(path, str(path))
+    assert whole["text"].tolist() == READER_TEXTS
+    assert ("id" in whole.columns) == with_ids and (not with_ids or whole["id"].tolist() == READER_IDS)
+    chunks = list(iter_column_chunks(path, "text", "id", chunk_size=3))
+    assert [len(texts) for _, texts in chunks] == [3, 3, 1]
+    assert [t for _, texts in chunks for t in texts] == READER_TEXTS
+    if with_ids:
+        assert [i for ids, _ in chunks for i in ids] == READER_IDS
+    else:
+        assert all(ids is None for ids, _ in chunks)
+
+
+def _one_line_naming(exc_info, path: Path) -> str:
+    message = str(exc_info.value)
+    assert "\n" not in message and message.startswith(str(path)), message
+    return message
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    ("table.xlsx", b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00\xa4\xff", "not valid UTF-8"),  # read as CSV
+    ("bad.csv", b"id,text,id\na,uno,b\n", "column 'id' appears twice"),
+    ("bad.jsonl", b'{"id": "a", "text": "uno"}\n{"id": "b", "text": \n', "line 2: invalid JSON"),
+    ("bad.json", b'[{"id": "a", "text": "uno"}', "cannot parse"),
+    ("bad.parquet", b"PAR1 not really parquet", "not a readable Parquet file"),
+    ("empty.csv", b"", "the file is empty"),
+])
+def test_reader_errors_are_one_line_naming_the_file(tmp_path, name, content, expected):
+    from emitlab.data.readers import iter_column_chunks, read_frame
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as whole:
+        read_frame(path, str(path))
+    assert expected in _one_line_naming(whole, path)
+    with pytest.raises(DataError) as chunked:
+        list(iter_column_chunks(path, "text", "id", chunk_size=2))
+    _one_line_naming(chunked, path)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_reader_missing_file_folder_and_text_column(tmp_path, suffix):
+    from emitlab.data.readers import iter_column_chunks, read_frame
+
+    for path, expected in ((tmp_path / f"nope{suffix}", "file not found"),
+                           (tmp_path, "is a folder, expected a file")):
+        with pytest.raises(DataError, match=expected):
+            read_frame(path, str(path))
+        with pytest.raises(DataError, match=expected):
+            list(iter_column_chunks(path, "text", "id", chunk_size=2))
+    path = _write_table(tmp_path / f"in{suffix}")
+    with pytest.raises(DataError) as exc_info:
+        list(iter_column_chunks(path, "tweet", "id", chunk_size=2))
+    assert "missing column(s) 'tweet'; found 'id', 'text', 'other'" in _one_line_naming(exc_info, path)
+
+
+def test_reader_formats_and_cheap_lookups(tmp_path):
+    from emitlab.data.readers import column_names, count_rows, input_format
+
+    assert [input_format(f"x{s}") for s in (".CSV", ".jsonl", ".ndjson", ".json", ".parquet", ".tsv", "")] == \
+        ["csv", "jsonl", "jsonl", "json", "parquet", "csv", "csv"]
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        path = _write_table(tmp_path / f"in{suffix}")
+        assert column_names(path) == ["id", "text", "other"]
+        assert count_rows(path) == (len(READER_TEXTS) if suffix == ".parquet" else None)

@@ -32,6 +32,7 @@ from emitlab.batch.predict import (
     progress_path,
 )
 from emitlab.cli import main
+from emitlab.data import readers
 from emitlab.data.loading import load_table
 from emitlab.errors import DataError, SettingsError
 
@@ -138,7 +139,7 @@ def test_readers_hold_at_most_one_chunk(tmp_path, monkeypatch):
     state = {"pulled": 0, "written": 0, "max_ahead": 0}
 
     def instrument(name):
-        original = getattr(bp, name)
+        original = getattr(readers, name)
 
         def wrapped(*args, **kwargs):
             for raw_ids, raw_texts in original(*args, **kwargs):
@@ -147,9 +148,9 @@ def test_readers_hold_at_most_one_chunk(tmp_path, monkeypatch):
                 state["max_ahead"] = max(state["max_ahead"], state["pulled"] - state["written"])
                 yield raw_ids, raw_texts
 
-        monkeypatch.setattr(bp, name, wrapped)
+        monkeypatch.setattr(readers, name, wrapped)
 
-    for name in ("_csv_columns", "_jsonl_columns", "_parquet_columns"):
+    for name in ("_csv_chunks", "_jsonl_chunks", "_parquet_chunks"):
         instrument(name)
 
     class CountingSink(bp._Sink):

@@ -169,6 +169,10 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
     result["size_bytes"] = {"teacher": folder_bytes(run / "model"), "student": folder_bytes(run / STUDENT_EXPORT)}
     result["seconds"] = round(time.time() - t_start, 1)
     atomic_write_json(run / RESULT_FILE, result)
+    if (run / "report.html").is_file():  # the report shows teacher and student side by side
+        from emitlab.report import write_report
+
+        write_report(run)
     if hasattr(member, "cleanup"):  # training checkpoints, no longer needed once saved
         member.cleanup()
     return result

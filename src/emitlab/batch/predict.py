@@ -1,9 +1,10 @@
 """Streaming, resumable prediction with an exported model in one process.
 
-``emitlab predict --input FILE`` reads the input in chunks of ``--chunk-size`` rows (pandas
-``chunksize`` for CSV, one JSON object per line for JSONL, pyarrow ``iter_batches`` for Parquet),
-predicts each chunk with the whole exported ensemble and appends its rows to the output, so that
-memory stays bounded whatever the size of the file::
+``emitlab predict --input FILE`` reads the input in chunks of ``--chunk-size`` rows with
+:func:`emitlab.data.readers.iter_column_chunks` (pandas ``chunksize`` for CSV, one JSON object
+per line for JSONL, pyarrow ``iter_batches`` for Parquet), predicts each chunk with the whole
+exported ensemble and appends its rows to the output, so that memory stays bounded whatever the
+size of the file::
 
     emitlab predict --model runs/full/model.zip --input tweets.parquet --output preds.csv
     # killed half-way? the same command with --resume continues where it stopped:
@@ -32,7 +33,6 @@ would need memory that grows with it.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import itertools
 import json
@@ -47,6 +47,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from emitlab.data.readers import ColumnChunk, count_rows, input_format, iter_column_chunks
 from emitlab.errors import DataError, RunFolderError, SettingsError
 from emitlab.io import atomic_path, atomic_write_json
 
@@ -80,30 +81,6 @@ class Chunk:
         return len(self.texts)
 
 
-def input_format(path: str | Path) -> str:
-    """``parquet``, ``jsonl``, ``json`` or ``csv`` (anything else), as :func:`emitlab.data.loading.load_table`."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".parquet":
-        return "parquet"
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix == ".json":
-        return "json"
-    return "csv"
-
-
-def count_rows(path: str | Path) -> int | None:
-    """The number of rows when it is cheap to know (Parquet metadata), else ``None``."""
-    if input_format(path) != "parquet":
-        return None
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except Exception:  # unreadable: iter_input_chunks reports it properly
-        return None
-
-
 def iter_input_chunks(path: str | Path, text_col: str = "text", id_col: str = "id",
                       chunk_size: int = DEFAULT_CHUNK_SIZE, skip: int = 0) -> Iterator[Chunk]:
     """The rows of a CSV/JSONL/Parquet file as :class:`Chunk` s of at most ``chunk_size`` rows,
@@ -113,16 +90,9 @@ def iter_input_chunks(path: str | Path, text_col: str = "text", id_col: str = "i
     array) cannot be read in parts: it is loaded whole, then cut into chunks."""
     if chunk_size < 1:
         raise SettingsError(f"--chunk-size must be at least 1, got {chunk_size}")
-    path = Path(path)
     name = str(path)
-    if not path.exists():
-        raise DataError(f"{name}: file not found")
-    if path.is_dir():
-        raise DataError(f"{name}: is a folder, expected a file")
-    fmt = input_format(path)
-    raw = {"csv": _csv_columns, "jsonl": _jsonl_columns, "parquet": _parquet_columns, "json": _json_columns}[fmt]
     start = 0
-    for raw_ids, raw_texts in _reading(raw(path, text_col, id_col, chunk_size), name):
+    for raw_ids, raw_texts in _raw_chunks(Path(path), text_col, id_col, chunk_size):
         n = len(raw_texts)
         if start + n <= skip:
             start += n
@@ -141,12 +111,18 @@ def iter_input_chunks(path: str | Path, text_col: str = "text", id_col: str = "i
                         "the input changed (rerun with --overwrite)")
 
 
-def _reading(gen: Iterator, name: str) -> Iterator:
-    """``gen``, with an unreadable file (permissions, I/O error) reported as a DataError."""
-    try:
-        yield from gen
-    except OSError as exc:
-        raise DataError(f"{name}: cannot read it ({exc.strerror or exc})") from exc
+def _raw_chunks(path: Path, text_col: str, id_col: str, chunk_size: int) -> Iterator[ColumnChunk]:
+    """The file's raw ``(ids, texts)`` chunks (:func:`~emitlab.data.readers.iter_column_chunks`).
+    A ``.json`` file is read whole anyway, so it is validated whole by ``load_table`` (duplicate
+    ids over the whole file included) before it is cut into chunks."""
+    if input_format(path) != "json":
+        yield from iter_column_chunks(path, text_col, id_col, chunk_size)
+        return
+    from emitlab.data.loading import load_table
+
+    ds = load_table(path, text_col=text_col, id_col=id_col)
+    for s in range(0, len(ds), chunk_size):
+        yield ds.ids[s:s + chunk_size], ds.texts[s:s + chunk_size]
 
 
 @contextlib.contextmanager
@@ -216,111 +192,6 @@ def _make_chunk(name: str, start: int, raw_ids: list | None, raw_texts: list, te
             raise DataError(f"{name}: row {nul[0]}, column {col!r}: NUL byte (\\x00) in the value; the file is "
                             f"probably corrupt ({len(nul)} such row(s): {_row_list(nul)})")
     return Chunk(start, ids, texts)
-
-
-def _missing_column(name: str, text_col: str, columns: Sequence[str]) -> DataError:
-    return DataError(f"{name}: missing column(s) {text_col!r}; found {', '.join(repr(str(c)) for c in columns)}")
-
-
-def _csv_columns(path: Path, text_col: str, id_col: str, chunk_size: int) -> Iterator[tuple[list | None, list]]:
-    import pandas as pd
-
-    name = str(path)
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            header = next(csv.reader(f), [])
-    except UnicodeDecodeError:
-        raise DataError(f"{name}: not valid UTF-8 in the header; re-save the file as UTF-8") from None
-    if not header:
-        raise DataError(f"{name}: the file is empty")
-    seen: dict[str, int] = {}
-    for pos, col in enumerate(header, 1):
-        if col.strip() and col in seen:
-            raise DataError(f"{name}: column {col!r} appears twice in the header (columns {seen[col]} and {pos}); "
-                            "rename or remove one")
-        seen.setdefault(col, pos)
-    if text_col not in header:
-        raise _missing_column(name, text_col, header)
-    has_id = id_col in header
-    wanted = {text_col, id_col}
-    # keep ids and texts as strings, as load_table does: ids like "0012" must not become numbers
-    reader = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig",
-                         usecols=lambda c: c in wanted, chunksize=chunk_size)
-    rows = 0
-    try:
-        with reader:
-            for frame in reader:
-                rows += len(frame)
-                yield (frame[id_col].tolist() if has_id else None), frame[text_col].tolist()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{name}: not valid UTF-8 after data row {rows} ({exc.reason}); re-save the file as UTF-8") \
-            from None
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise DataError(f"{name}: cannot parse after data row {rows} ({str(exc).splitlines()[0]})") from None
-
-
-def _jsonl_columns(path: Path, text_col: str, id_col: str, chunk_size: int) -> Iterator[tuple[list | None, list]]:
-    """One JSON object per non-blank line, parsed exactly as load_table parses JSONL."""
-    name = str(path)
-    has_id: bool | None = None
-    ids: list = []
-    texts: list = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{name}: line {lineno}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
-                                "re-save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{name}: line {lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{name}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-            if has_id is None:  # the first row decides, as the column set of a table would
-                if text_col not in row:
-                    raise _missing_column(name, text_col, list(row))
-                has_id = id_col in row
-            ids.append(row.get(id_col))
-            texts.append(row.get(text_col))
-            if len(texts) == chunk_size:
-                yield (ids if has_id else None), texts
-                ids, texts = [], []
-    if texts:
-        yield (ids if has_id else None), texts
-
-
-def _parquet_columns(path: Path, text_col: str, id_col: str, chunk_size: int) -> Iterator[tuple[list | None, list]]:
-    import pyarrow.parquet as pq
-
-    name = str(path)
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types
-        raise DataError(f"{name}: not a readable Parquet file ({exc})") from None
-    columns = pf.schema_arrow.names
-    if text_col not in columns:
-        raise _missing_column(name, text_col, columns)
-    has_id = id_col in columns
-    try:
-        for batch in pf.iter_batches(batch_size=chunk_size, columns=[text_col] + ([id_col] if has_id else [])):
-            frame = batch.to_pandas()
-            yield (frame[id_col].tolist() if has_id else None), frame[text_col].tolist()
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"{name}: not a readable Parquet file ({exc})") from None
-
-
-def _json_columns(path: Path, text_col: str, id_col: str, chunk_size: int) -> Iterator[tuple[list | None, list]]:
-    from emitlab.data.loading import load_table
-
-    ds = load_table(path, text_col=text_col, id_col=id_col)
-    for s in range(0, len(ds), chunk_size):
-        yield ds.ids[s:s + chunk_size], ds.texts[s:s + chunk_size]
 
 
 # --------------------------------------------------------------------------------------

@@ -30,10 +30,8 @@ blocks and cannot number rows the way the single-process engine does.
 from __future__ import annotations
 
 import contextlib
-import csv
 import glob
 import hashlib
-import json
 import logging
 import os
 import re
@@ -42,7 +40,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from emitlab.batch.predict import OutputExistsError, input_format, prediction_frame
+from emitlab.batch.predict import OutputExistsError, prediction_frame
+from emitlab.data.readers import SUFFIX_FORMATS, column_names, input_format
 from emitlab.errors import DataError, SettingsError, UserError
 
 log = logging.getLogger("emitlab")
@@ -89,7 +88,7 @@ def expand_inputs(specs: Sequence[str]) -> tuple[list[str], str]:
                 raise DataError(f"{spec}: no file matches")
         elif p.is_dir():
             hits = sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_"))
-                          and f.suffix.lower() in (".parquet", ".csv", ".jsonl", ".ndjson"))
+                          and SUFFIX_FORMATS.get(f.suffix.lower()) in RAY_FORMATS)
             if not hits:
                 raise DataError(f"{spec}: no .parquet, .csv or .jsonl file in this folder")
         elif p.is_file():
@@ -115,20 +114,9 @@ def local_columns(path: str, fmt: str) -> list[str] | None:
     if "://" in path:
         return None
     try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if fmt == "csv":
-                return next(csv.reader(f), [])
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    return list(row) if isinstance(row, dict) else []
+        return column_names(path, fmt)
     except (OSError, ValueError, UnicodeDecodeError) as exc:  # pyarrow's errors are ValueErrors too
         raise DataError(f"{path}: cannot read it ({exc})") from None
-    return []
 
 
 def check_columns(name: str, columns: Sequence[str] | None, text_col: str, id_col: str) -> None:

@@ -307,11 +307,12 @@ def _xed_corpus(name: str, path: Path, texts: list[str], codes: list[list[int]],
 def _from_table(path: Path, label_names: Sequence[str]) -> ExtraCorpus:
     """Any table with a ``text`` column (and ``id``, optional): the label columns present are
     annotated, the others masked; at least one must be present."""
-    from emitlab.data.loading import _read_frame, dataset_from_frame
+    from emitlab.data.loading import dataset_from_frame
+    from emitlab.data.readers import read_frame
 
     if not path.is_file():
         raise DataError(f"{path}: missing (--extra-data file)")
-    frame = _read_frame(path, str(path))
+    frame = read_frame(path, str(path))
     present = [n for n in label_names if n in frame.columns]
     if not present:
         raise DataError(f"{path}: no label column; an --extra-data file needs a 'text' column and at least one "

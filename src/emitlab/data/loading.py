@@ -2,16 +2,16 @@
 
 Every problem found in the input is reported as a :class:`DataError` whose message names the
 file, the row (1-based data row, header excluded) and the column, so that a user can fix the
-file; rows are never dropped silently. Three kinds of broken file that pandas would accept are
-refused too: a CSV header naming a column twice (pandas would rename the second ``Anger.1``
-and it would be ignored), a file with a header but no data rows, and a NUL byte in an id or a
-text (social-media text never holds one: it means a corrupt or binary file, not a text to keep).
+file; rows are never dropped silently. Files are read by :mod:`emitlab.data.readers` (CSV,
+JSON Lines, JSON, Parquet). Three kinds of broken file that pandas would accept are refused too:
+a CSV header naming a column twice (pandas would rename the second ``Anger.1`` and it would be
+ignored; refused by the reader), a file with a header but no data rows, and a NUL byte in an id
+or a text (social-media text never holds one: it means a corrupt or binary file, not a text to
+keep).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import zipfile
@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from emitlab.data.readers import check_columns, read_frame
 from emitlab.errors import DataError  # re-exported: callers import it from here
 from emitlab.labels import NEUTRAL, labels_for_task
 
@@ -96,88 +97,7 @@ class EmitData:
 
 
 # --------------------------------------------------------------------------------------
-# Reading tables
-
-
-def _read_frame(raw: bytes | Path, name: str) -> pd.DataFrame:
-    """Read CSV / JSONL / JSON / Parquet into strings-and-ints, with clear errors."""
-    suffix = Path(name).suffix.lower()
-    try:
-        data = raw.read_bytes() if isinstance(raw, Path) else raw
-    except FileNotFoundError:
-        raise DataError(f"{name}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{name}: is a folder, expected a file") from None
-    if suffix == ".parquet":
-        try:
-            return pd.read_parquet(io.BytesIO(data))
-        except Exception as exc:  # pyarrow raises several types
-            raise DataError(f"{name}: not a readable Parquet file ({exc})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{name}: line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset "
-            f"{exc.start}); re-save the file as UTF-8"
-        ) from None
-    if not text.strip():
-        raise DataError(f"{name}: the file is empty")
-    try:
-        if suffix in (".jsonl", ".ndjson"):
-            rows = []
-            for lineno, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{name}: line {lineno}: invalid JSON ({exc.msg})") from None
-            return pd.DataFrame(rows)
-        if suffix == ".json":
-            return pd.DataFrame(json.loads(text))
-        _check_csv_header(text, name)
-        return _read_csv_text(text)
-    except DataError:
-        raise
-    except (pd.errors.ParserError, json.JSONDecodeError, ValueError) as exc:
-        raise DataError(f"{name}: cannot parse ({str(exc).splitlines()[0]})") from None
-
-
-#: stands in for NUL while pandas parses: some pandas releases (3.0.x) cut a value at a NUL byte
-#: silently ("ci\x00ao" -> "ci"), so the byte is swapped out before parsing and back after, for
-#: :func:`_check_no_nul` to find it on every pandas version
-_NUL_MARK = "\ufffe"
-
-
-def _read_csv_text(text: str) -> pd.DataFrame:
-    has_nul = "\x00" in text
-    if has_nul:
-        text = text.replace("\x00", _NUL_MARK)
-    # keep ids and texts as strings: ids like "0012" must not become numbers
-    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
-    return df.replace(_NUL_MARK, "\x00", regex=True) if has_nul else df
-
-
-def _check_csv_header(text: str, name: str) -> None:
-    """Refuse a header naming a column twice: pandas would rename the second ``X.1`` silently."""
-    header = next(csv.reader(io.StringIO(text)), [])
-    seen: dict[str, int] = {}
-    for pos, col in enumerate(header, 1):
-        if col.strip() and col in seen:
-            raise DataError(
-                f"{name}: column {col!r} appears twice in the header (columns {seen[col]} and {pos}); "
-                "rename or remove one"
-            )
-        seen.setdefault(col, pos)
-
-
-def _check_columns(df: pd.DataFrame, needed: Sequence[str], name: str) -> None:
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{name}: missing column(s) {', '.join(map(repr, missing))}; "
-            f"found {', '.join(map(repr, map(str, df.columns)))}"
-        )
+# Validating tables
 
 
 def _row_list(rows: np.ndarray | list[int], limit: int = 5) -> str:
@@ -265,7 +185,7 @@ def dataset_from_frame(
         raise DataError(f"{name}: 0 data rows (a header only); at least 1 is needed")
     needed = [text_col] + ([id_col] if id_col and id_col in df.columns else [])
     needed += list(label_cols or []) + ([label_list_col] if label_list_col else [])
-    _check_columns(df, needed, name)
+    check_columns(df.columns, needed, name)
 
     texts = df[text_col]
     empty = texts.isna().to_numpy() | texts.astype(str).str.strip().eq("").to_numpy()
@@ -315,7 +235,7 @@ def load_table(
 ) -> TextDataset:
     """Load any CSV / JSONL / JSON / Parquet file with the given columns."""
     path = Path(path)
-    df = _read_frame(path, str(path))
+    df = read_frame(path, str(path))
     return dataset_from_frame(df, str(path), text_col, id_col, label_cols, label_list_col, label_names)
 
 
@@ -407,7 +327,7 @@ class _EmitFiles:
 
     def frame(self, fname: str) -> pd.DataFrame:
         where = self.plain.get(fname) or f"{self.zipped[fname]}:{fname}"
-        return _read_frame(self.read(fname), str(where))
+        return read_frame(self.read(fname), str(where))
 
     def where(self, fname: str) -> str:
         return str(self.plain.get(fname) or f"{self.zipped[fname]}:{fname}")

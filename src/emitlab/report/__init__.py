@@ -104,6 +104,7 @@ class RunData:
     trainer_log: list[dict] = field(default_factory=list)
     data_stats: list[dict] = field(default_factory=list)
     ensemble_search: dict = field(default_factory=dict)  # schema 1: ensemble_weights.json
+    distill: dict = field(default_factory=dict)  # distill.json of `emitlab distill`: the student
     colors: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -212,6 +213,7 @@ def load_run(run_dir: str | Path) -> RunData:
         texts=_read_json(path / "validation_texts.json", []), trainer_log=_read_json(path / "trainer_log.json", []),
         data_stats=_read_json(path / "data_stats.json", []),
         ensemble_search=_read_json(path / "ensemble_weights.json", {}),
+        distill=_read_json(path / "distill.json", {}),
     )
 
 
@@ -877,6 +879,46 @@ def section_errors(run: RunData) -> str:
     return "".join(out)
 
 
+def section_student(run: RunData) -> str:
+    """Teacher and distilled student side by side (``emitlab distill``)."""
+    d = run.distill
+    if not d:
+        return note("No student yet: <code>emitlab distill RUN_DIR</code> trains one network on this run's "
+                    "out-of-fold predictions and exports it as student/ beside model/.")
+    teacher, student, speed, size = d["teacher"], d["student"], d.get("speed") or {}, d.get("size_bytes") or {}
+
+    def f1(m: dict, key: str) -> Any:
+        return (m.get(key) or {}).get("macro_f1")
+
+    rows = [[f"teacher ({teacher['model']})", f1(teacher, "test"), f1(teacher, "ood_proxy"),
+             speed.get("teacher_texts_per_s"), round(size.get("teacher", 0) / 1e6, 1)],
+            ["student", f1(student, "test"), f1(student, "ood_proxy"), speed.get("student_texts_per_s"),
+             round(size.get("student", 0) / 1e6, 1)]]
+    header = ["model", "test macro-F1", "OOD proxy macro-F1", f"texts/s ({speed.get('texts', 0)} test texts)",
+              "size (MB)"]
+    targets = d.get("targets") or {}
+    out = [table_html(header, rows),
+           muted(f"Student targets: gold weight {targets.get('gold_weight')} with the teacher's out-of-fold "
+                 f"probabilities for {targets.get('with_teacher_out_of_fold')} training texts; transfer: "
+                 f"{targets.get('transfer')}. Its epoch and calibration were chosen on "
+                 f"{targets.get('held_out_for_epoch_and_calibration')} held-out training texts; speeds measured "
+                 "one after the other in one process.")]
+    t_lab, s_lab = (teacher.get("test") or {}).get("per_label_f1"), (student.get("test") or {}).get("per_label_f1")
+    if t_lab and s_lab:
+        labels = [lab for lab in run.label_names if lab in t_lab and lab in s_lab]
+        fig = Figure(figsize=(8, 3), layout="constrained")
+        ax = fig.subplots()
+        x = np.arange(len(labels))
+        ax.bar(x - 0.2, [t_lab[lab] for lab in labels], 0.4, label=f"teacher ({teacher['model']})")
+        ax.bar(x + 0.2, [s_lab[lab] for lab in labels], 0.4, label="student")
+        ax.set_xticks(x, labels, rotation=30, ha="right")
+        ax.set_ylabel("test F1")
+        ax.legend()
+        out.append(figure_html(png_uri(fig), "per-label test F1, teacher and student",
+                               "Per-label test F1 of the teacher (the run's chosen model) and the student."))
+    return "".join(out)
+
+
 SECTIONS = [
     ("summary", "Summary", section_summary),
     ("candidates", "Candidates: nested out-of-fold macro-F1", section_candidates),
@@ -887,6 +929,7 @@ SECTIONS = [
     ("pr", "Precision-recall curves", section_pr),
     ("cooccurrence", "Label co-occurrence: gold vs predicted", section_cooccurrence),
     ("members", "Members: folds and timings", section_members),
+    ("student", "Distilled student: teacher and student", section_student),
     ("training", "Training curves", section_training),
     ("errors", "Misclassified examples", section_errors),
     ("config", "Configuration, timings and versions", section_config),

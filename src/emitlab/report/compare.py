@@ -177,8 +177,31 @@ def _rows(run_dir: Path) -> list[dict[str, Any]]:
     metrics = _read_json(metrics_path)
     config = _read_json(run_dir / "config.json")
     if int(metrics.get("schema", 1)) >= 2 and "models" in metrics:
-        return _rows_schema2(run_dir, metrics, config)
+        return _rows_schema2(run_dir, metrics, config) + _student_rows(run_dir, config)
     return _rows_schema1(run_dir, metrics, config)
+
+
+def _student_rows(run_dir: Path, config: dict) -> list[dict[str, Any]]:
+    """The distilled student of the run (``distill.json`` of ``emitlab distill``), if there is one."""
+    path = run_dir / "distill.json"
+    if not path.is_file():
+        return []
+    d = _read_json(path)
+    student, speed = d.get("student") or {}, d.get("speed") or {}
+    train = (d.get("settings") or {}).get("train") or {}
+    row: dict[str, Any] = {"run": run_dir.name, "model": "student", "members": "transformer",
+                           "combiner": f"distilled from {(d.get('teacher') or {}).get('model')}",
+                           "model_name": train.get("model"), "selection": "split",
+                           "calibration": ((student.get("calibration") or {}).get("chosen")),
+                           "val_macro_f1": (student.get("held_out") or {}).get("macro_f1"),
+                           "test_macro_f1": (student.get("test") or {}).get("macro_f1"),
+                           "time_s": d.get("train_seconds")}
+    if "ood_proxy" in student:
+        row["ood_proxy_macro_f1"] = student["ood_proxy"].get("macro_f1")
+    row |= {f"test_f1_{lab}": f1 for lab, f1 in ((student.get("test") or {}).get("per_label_f1") or {}).items()}
+    if speed.get("student_texts_per_s"):
+        row["texts_per_s"] = speed["student_texts_per_s"]
+    return [row]
 
 
 def compare_runs(run_dirs: list[Path]) -> pd.DataFrame:
