@@ -123,3 +123,14 @@ def test_the_test_labels_choose_nothing(distilled, emit_folder, tmp_path):
     assert a["student"]["held_out"] == b["student"]["held_out"]
     assert a["fit"]["global_steps"] == b["fit"]["global_steps"]
     assert a["fit"]["best_eval_macro_f1_at_0.5"] == b["fit"]["best_eval_macro_f1_at_0.5"]
+
+
+def test_run_with_distill_trains_the_student_after_the_run(tiny_model, emit_folder, tmp_path, capsys):
+    from conftest import TINY_TRAIN
+
+    out = tmp_path / "run"
+    assert main(["-q", "run", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--members", "tfidf", "transformer", "--folds", "2", "--transformer-folds", "2",
+                 "--nested-folds", "2", "--no-report", "--distill", *TINY_TRAIN]) == 0
+    assert (out / STUDENT_EXPORT / "emitlab.json").is_file() and (out / RESULT_FILE).is_file()
+    assert "student" in capsys.readouterr().out

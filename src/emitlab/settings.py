@@ -460,6 +460,10 @@ class RunConfig(SettingsGroup):
         "choices": MEMBERS.choices, "min_items": 1, "help": (
             "Members that train on the --extra-data rows; the others train on the task's training file alone.")})
     report: bool = field(default=True, metadata={"help": "Write report.html into the run folder."})
+    distill: bool = field(default=False, metadata={"help": (
+        "After the run, train its distilled student (`emitlab distill` with its defaults): one network for "
+        "serving, exported as student/ beside model/. Off in every profile: it adds about half a full run's "
+        "time on 2 CPU cores (benchmarks/results/distill_task-A.json).")})
 
 
 @dataclass

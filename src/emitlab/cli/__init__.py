@@ -163,9 +163,16 @@ def _job(args: argparse.Namespace, command: str, members: list[str] | None, defa
         metrics = run_engine(data, cfgs, run, members or run_cfg.members, resume=getattr(args, "resume", False),
                              export=command != "baseline" or args.export, report=run_cfg.report,
                              stats=command == "run")
+        if run_cfg.distill and command == "run" and getattr(run, "is_main", True):
+            from emitlab.distill import distill
+            from emitlab.settings import DistillConfig
+
+            metrics["distill"] = distill(run.path, DistillConfig())
     finally:  # detach run.log, also when the job fails
         run.close()
     print(summary_table(metrics))
+    if "distill" in metrics:
+        print(distill_summary(metrics["distill"]))
     print(f"run folder: {run.path}" + ("  (report: report.html)" if run_cfg.report else ""))
     return 0
 
