@@ -134,3 +134,24 @@ def test_run_with_distill_trains_the_student_after_the_run(tiny_model, emit_fold
                  "--nested-folds", "2", "--no-report", "--distill", *TINY_TRAIN]) == 0
     assert (out / STUDENT_EXPORT / "emitlab.json").is_file() and (out / RESULT_FILE).is_file()
     assert "student" in capsys.readouterr().out
+
+
+def test_the_student_predicts_on_ray_like_in_one_process(distilled, tmp_path):
+    pytest.importorskip("ray.data")
+    import pandas as pd
+
+    from synthetic import make_rows
+
+    ids, texts, _, _ = make_rows(40, 12, "r")
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": ids, "text": texts}).to_csv(inp, index=False)
+    model = distilled / STUDENT_EXPORT
+    assert main(["-q", "predict", "--model", str(model), "--input", str(inp), "--output",
+                 str(tmp_path / "one.parquet")]) == 0
+    assert main(["-q", "predict", "--engine", "ray", "--model", str(model), "--input", str(inp), "--output",
+                 str(tmp_path / "ray-out"), "--ray-actors", "1", "--backend", "torch"]) == 0
+    one = pd.read_parquet(tmp_path / "one.parquet").sort_values("id", ignore_index=True)
+    got = pd.read_parquet(tmp_path / "ray-out").sort_values("id", ignore_index=True)
+    assert got["id"].tolist() == one["id"].tolist()
+    p_cols = [c for c in one.columns if c.startswith("p_")]
+    assert np.abs(got[p_cols].to_numpy(float) - one[p_cols].to_numpy(float)).max() <= 1e-5

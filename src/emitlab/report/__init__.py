@@ -882,9 +882,6 @@ def section_errors(run: RunData) -> str:
 def section_student(run: RunData) -> str:
     """Teacher and distilled student side by side (``emitlab distill``)."""
     d = run.distill
-    if not d:
-        return note("No student yet: <code>emitlab distill RUN_DIR</code> trains one network on this run's "
-                    "out-of-fold predictions and exports it as student/ beside model/.")
     teacher, student, speed, size = d["teacher"], d["student"], d.get("speed") or {}, d.get("size_bytes") or {}
 
     def f1(m: dict, key: str) -> Any:
@@ -945,14 +942,23 @@ def _title(run: RunData, sid: str, title: str) -> str:
     return title
 
 
+#: Sections shown only when the run folder holds what they draw (``emitlab distill``'s record).
+OPTIONAL_SECTIONS = {"student": lambda run: bool(run.distill)}
+
+
+def sections(run: RunData) -> list[tuple]:
+    """The sections of this run's report, in order."""
+    return [s for s in SECTIONS if OPTIONAL_SECTIONS.get(s[0], lambda run: True)(run)]
+
+
 def section_titles(run: RunData) -> dict[str, str]:
     """Section id -> the title the report gives it for this run."""
-    return {sid: _title(run, sid, title) for sid, title, _ in SECTIONS}
+    return {sid: _title(run, sid, title) for sid, title, _ in sections(run)}
 
 
 def render_report(run: RunData) -> str:
     parts, links = [], []
-    for sid, title, fn in SECTIONS:
+    for sid, title, fn in sections(run):
         t = _title(run, sid, title)
         links.append(f'<a href="#{sid}">{esc(t)}</a>')
         parts.append(f'<section id="{sid}"><h2>{esc(t)}</h2>{fn(run)}</section>')
