@@ -83,16 +83,6 @@ class FoldContext:
         return held[held < self.n_task_rows]
 
 
-def member_class(kind: str) -> type:
-    """The registered class of ``kind`` (:data:`emitlab.registry.MEMBERS`)."""
-    return MEMBERS.get(kind)
-
-
-def member_classes() -> dict[str, type]:
-    """``kind`` -> member class, for every registered member (imports them all)."""
-    return dict(MEMBERS.items())
-
-
 def load_member(folder: Path, spec: dict[str, Any], **kwargs: Any) -> Member:
     """Rebuild a saved member from ``folder`` and the ``spec`` its ``save`` returned."""
     kind = spec.get("kind")
