@@ -220,5 +220,5 @@ def test_settings_module_holds_every_group_and_the_cli_machinery_moved():
     assert to_jsonable(RunConfig(members=["tfidf"])) == {"profile": "full", "members": ["tfidf"], "folds": 5,
                                                         "transformer_folds": 3,
                                                         "extra_data_members": ["tfidf", "lexicon", "transformer"],
-                                                        "report": True}
+                                                        "report": True, "distill": False}
     assert {c.__module__ for c in GROUPS} == {"emitlab.settings"}
