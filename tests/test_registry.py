@@ -179,3 +179,32 @@ def test_registry_rules():
     with pytest.raises(ValueError, match="comma"):
         reg.register("x,y", int)
     assert list(BACKENDS) == ["torch", "onnx", "onnx-int8"] and list(COMBINERS.builtin) == ["average", "stacker"]
+
+
+def test_a_toy_backend_from_outside_runs_the_networks(tiny_ensemble_export):
+    """A backend registered from outside: the classifier's ``backend=`` and the CLI's ``--backend``
+    take it, and it runs every transformer fold."""
+    from emitlab.cli import build_parser
+    from emitlab.inference import EmotionClassifier
+    from emitlab.members.transformer.backends import TorchBackend
+
+    class CountingBackend(TorchBackend):
+        name = "torch-counting"
+        batches = 0
+
+        def __call__(self, batch):
+            type(self).batches += 1
+            return super().__call__(batch)
+
+    BACKENDS.register("torch-counting", CountingBackend)
+    try:
+        texts = ["paura terrore oggi", "amore cuore", "che schifo"]
+        ref = EmotionClassifier.from_pretrained(tiny_ensemble_export).predict_proba(texts)
+        got = EmotionClassifier.from_pretrained(tiny_ensemble_export, backend="torch-counting").predict_proba(texts)
+        np.testing.assert_allclose(got, ref, atol=1e-6)
+        assert CountingBackend.batches > 0
+        sub = next(a for a in build_parser()._actions if a.dest == "command")
+        backend = next(a for a in sub.choices["predict"]._actions if a.dest == "backend")
+        assert "torch-counting" in backend.choices
+    finally:
+        BACKENDS.unregister("torch-counting")

@@ -27,9 +27,10 @@ What an entry must provide:
   candidates it adds to the nested choice), and the static methods ``members_used(d, members)``
   (which members an exported combiner ``d`` needs), ``restrict(d, members, used)`` and
   ``describe(d, members)`` (words for the report and ``compare``).
-- a **backend** (:mod:`emitlab.members.transformer.backends`): ``file`` (the file it runs, in a
-  network folder; ``None`` for the torch weights) and ``load(folder, meta, device)`` returning a
-  callable from a batch of int64 arrays to logits.
+- a **backend** (:mod:`emitlab.members.transformer.backends`): ``name``, ``file`` (the file it runs,
+  in a network folder; ``None`` for the torch weights), ``cpu_only``, ``onnx_export`` (whether
+  ``emitlab export-onnx`` writes its file) and ``load(folder, meta, device)`` returning a callable
+  from a batch of int64 arrays to logits.
 """
 
 from __future__ import annotations

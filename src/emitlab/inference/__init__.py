@@ -67,7 +67,7 @@ class EmotionClassifier:
 
         if backend not in BACKENDS:
             raise SettingsError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-        if backend != "torch" and device not in (None, "cpu"):
+        if getattr(BACKENDS.get(backend), "cpu_only", False) and device not in (None, "cpu"):
             # checked here, before any fold is loaded
             raise SettingsError(f"the {backend} backend runs on CPU with onnxruntime; "
                                 f"device {device!r} needs backend 'torch'")
@@ -143,7 +143,7 @@ def _load_fold(folder: Path, spec: dict, backend: str, device: str | None):
     kwargs = {}
     if kind in MEMBERS and getattr(MEMBERS.get(kind), "network", False):
         kwargs = {"backend": backend, "device": device}
-        if BACKENDS.get(backend).file:  # an ONNX file missing from the folder: exported once, here
+        if getattr(BACKENDS.get(backend), "onnx_export", False):  # a missing ONNX file: exported once, here
             from emitlab.inference.onnx_export import ensure_backend_file
 
             ensure_backend_file(folder, backend, device)

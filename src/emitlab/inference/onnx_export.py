@@ -68,7 +68,7 @@ log = logging.getLogger("emitlab")
 ONNX_FILE = OnnxBackend.file
 ONNX_INT8_FILE = OnnxInt8Backend.file
 #: backend name -> default file name in a network folder, for every registered backend that runs a file
-BACKEND_FILES = {name: cls.file for name, cls in BACKENDS.items() if cls.file}
+BACKEND_FILES = {name: cls.file for name, cls in BACKENDS.items() if getattr(cls, "onnx_export", False)}
 DEFAULT_OPSET = 17
 EXPORTERS = ("auto", "torchscript", "dynamo")
 

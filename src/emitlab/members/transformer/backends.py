@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 class Backend(Protocol):
     """Maps one padded batch (``{name: int64 array (batch, seq)}``, keys from
     :data:`~emitlab.members.transformer.member.MODEL_INPUTS`) to logits ``(batch, n_labels)`` as a
-    numpy array or torch tensor."""
+    numpy array or torch tensor. Its class has ``name``, ``file`` (what it runs in a network folder,
+    ``None`` for the torch weights), ``cpu_only``, ``onnx_export`` (whether ``emitlab export-onnx``
+    writes its file) and ``load(folder, meta, device)``."""
 
     name: str
 
@@ -39,6 +41,8 @@ class TorchBackend:
 
     name = "torch"
     file: str | None = None
+    cpu_only = False
+    onnx_export = False  # its file is not written by `emitlab export-onnx`
 
     def __init__(self, model, device: "str | torch.device | None" = None):
         import torch
@@ -69,6 +73,8 @@ class OnnxBackend:
 
     name = "onnx"
     file: str | None = "model.onnx"
+    cpu_only = True
+    onnx_export = True  # `emitlab export-onnx` writes its file (and loading exports it once when missing)
 
     def __init__(self, path: Path, name: str | None = None, threads: int | None = None):
         import onnxruntime as ort
