@@ -299,4 +299,26 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() else 0
 
 
-__all__ = ["distill", "soft_targets", "teacher_predictions", "transfer_rows", "run_settings", "measure_speed"]
+
+def distill_summary(result: dict) -> str:
+    """Teacher and student side by side: macro-F1 per set, speed and size."""
+    teacher, student = result["teacher"], result["student"]
+    rows = [("", "teacher (" + teacher["model"] + ")", "student")]
+    for key in ("test", "ood_proxy"):
+        if key in teacher or key in student:
+            rows.append((f"{key} macro-F1", _fmt((teacher.get(key) or {}).get("macro_f1")),
+                         _fmt((student.get(key) or {}).get("macro_f1"))))
+    speed = result.get("speed") or {}
+    rows.append(("texts/s", _fmt(speed.get("teacher_texts_per_s"), 1), _fmt(speed.get("student_texts_per_s"), 1)))
+    size = result.get("size_bytes") or {}
+    rows.append(("size (MB)", _fmt(size.get("teacher", 0) / 1e6, 1), _fmt(size.get("student", 0) / 1e6, 1)))
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+__all__ = ["distill", "soft_targets", "teacher_predictions", "transfer_rows", "run_settings", "measure_speed",
+           "distill_summary"]

@@ -428,7 +428,7 @@ class TrainConfig(SettingsGroup):
 
 @dataclass
 class EnsembleConfig(SettingsGroup):
-    combiners: list[str] = field(default_factory=lambda: ["average", "stacker"], metadata={
+    combiners: list[str] = field(default_factory=lambda: list(COMBINERS.builtin), metadata={
         "choices": COMBINERS.choices, "help": (
             "Combiners tried besides each member alone: 'average' (weighted mean of probabilities and of logits, "
             "weights on a grid) and 'stacker' (per-label logistic regression over all members' logits).")})

@@ -172,6 +172,8 @@ def _job(args: argparse.Namespace, command: str, members: list[str] | None, defa
         run.close()
     print(summary_table(metrics))
     if "distill" in metrics:
+        from emitlab.distill import distill_summary
+
         print(distill_summary(metrics["distill"]))
     print(f"run folder: {run.path}" + ("  (report: report.html)" if run_cfg.report else ""))
     return 0
@@ -190,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from emitlab.distill import RESULT_FILE, STUDENT_EXPORT, distill
+    from emitlab.distill import RESULT_FILE, STUDENT_EXPORT, distill, distill_summary
     from emitlab.settings import DistillConfig
 
     dcfg = build_configs(args, [DistillConfig])[DistillConfig]
@@ -199,25 +201,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
     print(f"student: {Path(args.run_dir) / STUDENT_EXPORT} (+ .zip); record: {Path(args.run_dir) / RESULT_FILE}")
     return 0
 
-
-def distill_summary(result: dict) -> str:
-    """Teacher and student side by side: macro-F1 per set, speed and size."""
-    teacher, student = result["teacher"], result["student"]
-    rows = [("", "teacher (" + teacher["model"] + ")", "student")]
-    for key in ("test", "ood_proxy"):
-        if key in teacher or key in student:
-            rows.append((f"{key} macro-F1", _fmt((teacher.get(key) or {}).get("macro_f1")),
-                         _fmt((student.get(key) or {}).get("macro_f1"))))
-    speed = result.get("speed") or {}
-    rows.append(("texts/s", _fmt(speed.get("teacher_texts_per_s"), 1), _fmt(speed.get("student_texts_per_s"), 1)))
-    size = result.get("size_bytes") or {}
-    rows.append(("size (MB)", _fmt(size.get("teacher", 0) / 1e6, 1), _fmt(size.get("student", 0) / 1e6, 1)))
-    width = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
