@@ -15,13 +15,15 @@ from emitlab.cli import main
 from emitlab.distill import RESULT_FILE, STUDENT_EXPORT, soft_targets, teacher_predictions
 
 FAST = ["--speed-texts", "16"]
+#: The student of the ``distilled`` fixture (one of the tiny teacher encoder's two layers).
+STUDENT = ["--gold-weight", "0.3", "--student-layers", "1"]
 
 
 @pytest.fixture(scope="module")
 def distilled(tiny_run, emit_folder, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("distill") / "run"
     shutil.copytree(tiny_run, run, symlinks=True)
-    assert main(["-q", "distill", str(run), "--data", str(emit_folder), "--gold-weight", "0.3", *FAST]) == 0
+    assert main(["-q", "distill", str(run), "--data", str(emit_folder), *STUDENT, *FAST]) == 0
     return run
 
 
@@ -36,6 +38,10 @@ def test_the_student_is_an_ordinary_export(distilled, capsys):
         "models"][result["teacher"]["model"]]["test"]["macro_f1"]
     assert result["speed"]["texts"] == 16 and result["speed"]["student_texts_per_s"] > 0
     assert result["size_bytes"]["student"] > 0
+    # --student-layers 1: the tiny teacher encoder's lower layer of two, and the export keeps the cut
+    fold = distilled / STUDENT_EXPORT / meta["members"][0]["folds"][0]["path"]
+    assert json.loads((fold / "config.json").read_text())["num_hidden_layers"] == 1
+    assert result["settings"]["train"]["num_layers"] == 1
     # predict like any export
     capsys.readouterr()
     assert main(["predict", "--model", str(distilled / STUDENT_EXPORT), "paura terrore", "amore cuore"]) == 0
@@ -116,7 +122,7 @@ def test_the_test_labels_choose_nothing(distilled, emit_folder, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(distilled, run, symlinks=True, ignore=shutil.ignore_patterns("distill", "student", "student.zip",
                                                                                   RESULT_FILE))
-    assert main(["-q", "distill", str(run), "--data", str(shuffled), "--gold-weight", "0.3", "--speed-texts", "0"]) == 0
+    assert main(["-q", "distill", str(run), "--data", str(shuffled), *STUDENT, "--speed-texts", "0"]) == 0
     a = json.loads((distilled / RESULT_FILE).read_text())
     b = json.loads((run / RESULT_FILE).read_text())
     assert a["student"]["calibration"] == b["student"]["calibration"]

@@ -533,3 +533,18 @@ def test_ablation_runner_dry_run_and_collect(tiny_model, emit_folder, tmp_path, 
     assert "delta" not in base
     table = ab.markdown_table(summary)
     assert "| loss-asl | 3 | 0.6100 ± 0.0100 (+0.0900*) |" in table
+
+
+def test_num_layers_keeps_the_lower_pretrained_layers(tiny_model):
+    from transformers import AutoModel
+
+    from emitlab.members.transformer.model import build_model
+
+    full = AutoModel.from_pretrained(tiny_model)
+    cut = build_model(tiny_model, 3, _small_config(tiny_model, num_layers=1), None)
+    assert len(cut.encoder.encoder.layer) == 1 and cut.encoder.config.num_hidden_layers == 1
+    for (name, mine), (_, theirs) in zip(cut.encoder.encoder.layer[0].state_dict().items(),
+                                         full.encoder.layer[0].state_dict().items()):
+        assert torch.equal(mine, theirs), name
+    with pytest.raises(SettingsError, match="only 2 layers"):
+        build_model(tiny_model, 3, _small_config(tiny_model, num_layers=3), None)

@@ -195,6 +195,8 @@ def _student_train_config(teacher: TrainConfig, dcfg: DistillConfig) -> TrainCon
     changes: dict[str, Any] = {}
     if dcfg.student_model:
         changes["model"] = dcfg.student_model
+    if dcfg.student_layers > 0:
+        changes["num_layers"] = dcfg.student_layers
     if dcfg.epochs > 0:
         changes["epochs"] = dcfg.epochs
     if dcfg.max_steps > 0:

@@ -366,6 +366,9 @@ class TrainConfig(SettingsGroup):
         "cost of a step; 0 = off.")})
     freeze_word_embeddings: bool = field(default=True, metadata={"help": (
         "Keep the word-embedding matrix fixed (most of me5-small's parameters; about 1.5-2x faster steps on CPU).")})
+    num_layers: int = field(default=0, metadata={"min": 0, "off": "0 = all", "help": (
+        "Keep only the encoder's first N transformer layers (initialised from the pretrained lower layers; the "
+        "upper ones are dropped): a smaller, faster network; 0 = all layers.")})
     max_length: int = field(default=96, metadata={"min": 8, "help": (
         "Longest input in tokens (longer texts are truncated).")})
     batch_size: int = field(default=16, metadata={"min": 1, "help": "Training batch size."})
@@ -478,6 +481,9 @@ class DistillConfig(SettingsGroup):
         "the teacher's zero-shot probabilities as targets.")})
     student_model: str = field(default="", metadata={"help": (
         "The student's encoder (a folder or Hub id); empty: the run's --model.")})
+    student_layers: int = field(default=0, metadata={"min": 0, "off": "0 = all", "help": (
+        "Keep only the student encoder's first N transformer layers (initialised from its lower layers): "
+        "faster, usually somewhat weaker; 0 = all layers.")})
     epochs: float = field(default=0.0, metadata={"min": 0, "off": "0 = the run's", "help": (
         "The student's training epochs; 0 = the run's --epochs.")})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (> 0); -1 = the run's."})

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, Trainer, TrainerCallback
+from transformers import AutoConfig, AutoModel, AutoTokenizer, Trainer, TrainerCallback
 
 from emitlab.errors import SettingsError
 from emitlab.settings import TrainConfig
@@ -138,16 +138,30 @@ def _is_bert_like(source: Path | str) -> bool:
     return True
 
 
+def _fewer_layers(source: Path | str, cfg: TrainConfig):
+    """The encoder's config cut to its first ``cfg.num_layers`` layers (``from_pretrained`` then loads those
+    layers' weights and leaves the upper ones out)."""
+    config = AutoConfig.from_pretrained(source)
+    have = getattr(config, "num_hidden_layers", None)
+    if have is None:
+        raise SettingsError(f"--num-layers: {cfg.model!r} does not say how many layers it has (num_hidden_layers)")
+    if cfg.num_layers > have:
+        raise SettingsError(f"--num-layers {cfg.num_layers}: {cfg.model!r} has only {have} layers")
+    config.num_hidden_layers = cfg.num_layers
+    return config
+
+
 def build_model(source: Path | str, num_labels: int, cfg: TrainConfig, train_labels: np.ndarray | None,
                 mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> EmotionModel:
     kwargs: dict[str, Any] = {}
     if _is_bert_like(source):
         kwargs["add_pooling_layer"] = cfg.pooling == "cls"
     try:
+        config = {"config": _fewer_layers(source, cfg)} if cfg.num_layers > 0 else {}
         try:
-            encoder = AutoModel.from_pretrained(source, **kwargs)
+            encoder = AutoModel.from_pretrained(source, **config, **kwargs)
         except TypeError:  # architectures without a pooler argument
-            encoder = AutoModel.from_pretrained(source)
+            encoder = AutoModel.from_pretrained(source, **config)
     except OSError as exc:  # no weights in the folder, not on the Hub, no network
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SettingsError(f"--model (train.model) {cfg.model!r}: cannot load the encoder ({first})") from exc
