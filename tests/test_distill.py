@@ -161,3 +161,39 @@ def test_the_student_predicts_on_ray_like_in_one_process(distilled, tmp_path):
     assert got["id"].tolist() == one["id"].tolist()
     p_cols = [c for c in one.columns if c.startswith("p_")]
     assert np.abs(got[p_cols].to_numpy(float) - one[p_cols].to_numpy(float)).max() <= 1e-5
+
+
+def test_a_task_b_student_gets_transfer_texts_from_the_teachers_export(tiny_model, emit_folder, extra_folder,
+                                                                       tmp_path):
+    """Task B runs make no zero-shot proxy predictions (the corpus has no Direction/Topic labels): the
+    teacher's export predicts the proxy corpus' texts, without those equal to an evaluation text."""
+    from emitlab.data.cleaning import TextCleaner
+    from emitlab.data.duplicates import loose_key
+    from emitlab.distill import transfer_rows
+    from emitlab.inference import EmotionClassifier
+    from emitlab.jobs import load_data
+    from emitlab.settings import CleaningConfig, DataConfig
+
+    from conftest import TINY_TRAIN
+
+    out = tmp_path / "run"
+    assert main(["-q", "run", "--task", "B", "--data", str(emit_folder), "--model", str(tiny_model), "--out",
+                 str(out), "--extra-data-dir", str(extra_folder), "--members", "tfidf", "transformer", "--folds",
+                 "2", "--transformer-folds", "2", "--nested-folds", "2", "--no-report", *TINY_TRAIN]) == 0
+    assert main(["-q", "distill", str(out), "--speed-texts", "0", "--epochs", "1"]) == 0
+    result = json.loads((out / RESULT_FILE).read_text())
+    assert result["student"]["test"]["per_label_f1"].keys() == {"Direction", "Topic"}
+    assert "predicted by the teacher's export" in result["targets"]["transfer"]
+    # the texts and targets: 90 corpus rows less the 5 equal to out-of-domain or test texts
+    data = load_data(DataConfig(task="B", data=str(emit_folder), extra_data_dir=str(extra_folder)))
+    cleaner = TextCleaner(CleaningConfig())
+    texts, probs, _ = transfer_rows(data, {}, cleaner, False, out, str(extra_folder))
+    assert result["targets"]["transfer_texts"] == len(texts) == len(probs) == 85 and probs.shape[1] == 2
+    evaluation = {loose_key(t, cleaner) for ds in data.prediction_sets.values() for t in ds.texts}
+    assert not evaluation & {loose_key(t, cleaner) for t in texts}
+    # the targets are the teacher export's probabilities of the corpus' raw texts (kept ones, in order)
+    from emitlab.data.extra import ADAPTERS, PROXY_CORPUS
+
+    kept = [t for t in ADAPTERS[PROXY_CORPUS](extra_folder).texts if loose_key(t, cleaner) not in evaluation]
+    teacher = EmotionClassifier.from_pretrained(out / "model")
+    np.testing.assert_allclose(teacher.predict_proba(kept[:4]), probs[:4], atol=1e-6)

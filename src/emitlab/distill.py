@@ -7,8 +7,9 @@ targets that no text's own model made:
   **out-of-fold** probability (``predictions.npz``: the chosen candidate's combination of the
   members' out-of-fold predictions, each from the fold model that held that text out);
 - with ``--transfer`` (default), the texts of the out-of-domain proxy corpus *without their labels*,
-  with the teacher's zero-shot probabilities as targets (the teacher never trained on them).
-  Never the test or out-of-domain texts.
+  with the teacher's zero-shot probabilities as targets (the teacher never trained on them): the
+  run's predictions (task A), or its export's (task B, which has no labels for that corpus).
+  Never the test or out-of-domain texts (equal texts are dropped).
 
 Like ``emitlab train``, a stratified ``--val-fraction`` of the training texts is held out: it
 chooses the student's best epoch and calibrates its thresholds and decoding rules (its gold
@@ -30,7 +31,16 @@ from typing import Any
 import numpy as np
 
 from emitlab.data.cleaning import TextCleaner
-from emitlab.data.extra import OOD_DOMAIN, TASK_DOMAIN
+from emitlab.data.duplicates import loose_key
+from emitlab.data.extra import (
+    ADAPTERS,
+    OOD_DOMAIN,
+    PROXY_CORPUS,
+    PROXY_FILE,
+    TASK_DOMAIN,
+    drop_evaluation_duplicates,
+    extra_data_dir,
+)
 from emitlab.data.loading import EmitData
 from emitlab.data.split import stratified_split
 from emitlab.engine.calibration import calibrate
@@ -91,19 +101,40 @@ def soft_targets(gold: np.ndarray, teacher_rows: np.ndarray, teacher_probs: np.n
     return targets
 
 
-def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCleaner,
-                  markers: bool) -> tuple[list[str], np.ndarray, str]:
+def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCleaner, markers: bool,
+                  run: Path | None = None, extra_dir: str = "") -> tuple[list[str], np.ndarray, str]:
     """The unlabelled transfer texts and the teacher's probabilities for them: the proxy corpus'
-    texts when the teacher predicted them zero-shot (it never trained on them); ``([], ..., why)``
-    otherwise."""
+    texts (MultiEmotions-It), never trained on by the teacher, labels unused. Its zero-shot
+    predictions when the run made them (task A); otherwise, when the corpus is in ``extra_dir``
+    and the run did not train on it (task B has no labels for it), the teacher's export
+    (``run/model``) predicts them here. Texts equal to an evaluation text are dropped first.
+    ``([], ..., why)`` when there are none."""
+    none = np.zeros((0, len(data.label_names)))
     probs = arrays.get(PROXY_SET)
-    if data.proxy is None or probs is None:
-        return [], np.zeros((0, len(data.label_names))), "no zero-shot proxy corpus in this run"
-    if len(data.proxy) != len(probs):
-        return [], np.zeros((0, len(data.label_names))), (
-            f"the proxy corpus has {len(data.proxy)} texts now, the run predicted {len(probs)}")
-    texts = with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
-    return texts, np.asarray(probs, dtype=np.float64), f"{data.proxy.name}: {len(texts)} texts, labels unused"
+    if data.proxy is not None and probs is not None:
+        if len(data.proxy) != len(probs):
+            return [], none, f"the proxy corpus has {len(data.proxy)} texts now, the run predicted {len(probs)}"
+        texts = with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
+        return texts, np.asarray(probs, dtype=np.float64), f"{data.proxy.name}: {len(texts)} texts, labels unused"
+    if PROXY_CORPUS in [c.name for c in data.extra]:
+        return [], none, f"the teacher trained on {PROXY_CORPUS} (--extra-data): its texts cannot transfer"
+    folder = extra_data_dir(extra_dir)
+    if run is None or not (run / "model").is_dir() or not (folder / PROXY_FILE).is_file():
+        return [], none, f"no zero-shot predictions of a proxy corpus in this run, nor {folder / PROXY_FILE}"
+    from emitlab.inference import EmotionClassifier
+
+    evaluation = {name: ds.texts for name, ds in data.prediction_sets.items()}
+    corpus = drop_evaluation_duplicates(ADAPTERS[PROXY_CORPUS](folder), evaluation,
+                                        lambda text: loose_key(text, cleaner))
+    teacher = EmotionClassifier.from_pretrained(run / "model")
+    if markers and OOD_DOMAIN in teacher.markers:
+        teacher.set_domain(OOD_DOMAIN)
+    log.info("the teacher predicts the %d texts of %s (dropped: %s) for the student", len(corpus), corpus.name,
+             dict(corpus.dropped) or "none")
+    probs = teacher.predict_proba(list(corpus.texts), progress=True)
+    texts = with_marker(cleaner.clean_many(corpus.texts), OOD_DOMAIN if markers else None)
+    return texts, np.asarray(probs, dtype=np.float64), (
+        f"{corpus.name}: {len(texts)} texts, labels unused, predicted by the teacher's export")
 
 
 # --------------------------------------------------------------------------------------
@@ -131,7 +162,8 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
         raise RunFolderError(f"{run}: its predictions do not match the training file of {cfgs[DataConfig].data!r} "
                              "(another data folder? give the run's with --data)")
     targets = soft_targets(gold, arrays["validation_rows"], arrays["validation"], dcfg.gold_weight)
-    extra_texts, extra_targets, why = (transfer_rows(data, arrays, cleaner, markers) if dcfg.transfer
+    extra_texts, extra_targets, why = (transfer_rows(data, arrays, cleaner, markers, run,
+                                                     cfgs[DataConfig].extra_data_dir) if dcfg.transfer
                                        else ([], np.zeros((0, len(label_names))), "--no-transfer"))
     log.info("student targets: %d training texts (%d with the teacher's out-of-fold %s, gold weight %.2f); "
              "transfer: %s", n, len(arrays["validation_rows"]), best, dcfg.gold_weight, why)

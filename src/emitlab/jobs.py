@@ -27,6 +27,7 @@ from emitlab.data.extra import (
     ADAPTERS,
     OOD_DOMAIN,
     PROXY_CORPUS,
+    PROXY_FILE,
     TASK_DOMAIN,
     ExtraCorpus,
     domain_marker,
@@ -84,7 +85,7 @@ def load_data(cfg: DataConfig) -> EmitData:
     names = [c.name for c in data.extra]
     if len(set(names)) < len(names):
         raise SettingsError(f"--extra-data names a corpus twice: {', '.join(cfg.extra_data)}")
-    proxy_file = folder / "multiemotions_it" / "MultiEmotions-It.tsv"
+    proxy_file = folder / PROXY_FILE
     if (cfg.ood_proxy == "auto" and data.task == "A" and PROXY_CORPUS not in names and proxy_file.is_file()):
         data.proxy = ADAPTERS[PROXY_CORPUS](folder)
     return data

@@ -477,8 +477,8 @@ class DistillConfig(SettingsGroup):
         "Weight of the gold labels in each training text's target; the rest is the teacher's out-of-fold "
         "probability (1 = gold alone, 0 = the teacher alone).")})
     transfer: bool = field(default=True, metadata={"help": (
-        "Also train on the out-of-domain proxy corpus' texts (MultiEmotions-It), without their labels, with "
-        "the teacher's zero-shot probabilities as targets.")})
+        "Also train on the out-of-domain proxy corpus' texts (MultiEmotions-It, from --extra-data-dir), without "
+        "their labels, with the teacher's zero-shot probabilities as targets (the run's; for task B its export's).")})
     student_model: str = field(default="", metadata={"help": (
         "The student's encoder (a folder or Hub id); empty: the run's --model.")})
     student_layers: int = field(default=0, metadata={"min": 0, "off": "0 = all", "help": (

@@ -53,6 +53,8 @@ DEFAULT_EXTRA_DATA_DIR = "../shared/data"
 #: The corpus whose out-of-fold (or zero-shot) score stands in for EMit's out-of-domain test: the
 #: same domain (YouTube/Facebook comments on music videos and ads) and annotation family.
 PROXY_CORPUS = "multiemotions-it"
+#: Its file, inside the extra-data folder.
+PROXY_FILE = "multiemotions_it/MultiEmotions-It.tsv"
 
 #: XED's label codes (1..8), in EMit's names.
 XED_CODES = {1: "Anger", 2: "Anticipation", 3: "Disgust", 4: "Fear", 5: "Joy", 6: "Sadness", 7: "Surprise",
@@ -209,7 +211,7 @@ def _label_index() -> dict[str, int]:
 def load_multiemotions_it(folder: Path) -> ExtraCorpus:
     """MultiEmotions-It (Sprugnoli 2020), CC BY-NC-SA 4.0: every label annotated; Love after EMit's
     convention (module docstring)."""
-    path = _need(folder / "multiemotions_it" / "MultiEmotions-It.tsv", PROXY_CORPUS)
+    path = _need(folder / PROXY_FILE, PROXY_CORPUS)
     rows = _read_tsv_dicts(path, ["comment", "EMOTIONS", *MEI_COLUMNS])
     at = _label_index()
     labels = np.zeros((len(rows), len(TASK_A_LABELS)), dtype=np.int64)
