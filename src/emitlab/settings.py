@@ -483,7 +483,7 @@ class DistillConfig(SettingsGroup):
         "The student's encoder (a folder or Hub id); empty: the run's --model.")})
     student_layers: int = field(default=0, metadata={"min": 0, "off": "0 = all", "help": (
         "Keep only the student encoder's first N transformer layers (initialised from its lower layers): "
-        "faster, usually somewhat weaker; 0 = all layers.")})
+        "a faster network, whose quality on EMit is not measured yet; 0 = all layers.")})
     epochs: float = field(default=0.0, metadata={"min": 0, "off": "0 = the run's", "help": (
         "The student's training epochs; 0 = the run's --epochs.")})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (> 0); -1 = the run's."})
