@@ -38,6 +38,7 @@ def test_the_student_is_an_ordinary_export(distilled, capsys):
         "models"][result["teacher"]["model"]]["test"]["macro_f1"]
     assert result["speed"]["texts"] == 16 and result["speed"]["student_texts_per_s"] > 0
     assert result["size_bytes"]["student"] > 0
+    assert result["seed"] == json.loads((distilled / "config.json").read_text())["data"]["seed"]  # --seed -1
     # --student-layers 1: the tiny teacher encoder's lower layer of two, and the export keeps the cut
     fold = distilled / STUDENT_EXPORT / meta["members"][0]["folds"][0]["path"]
     assert json.loads((fold / "config.json").read_text())["num_hidden_layers"] == 1
@@ -180,8 +181,9 @@ def test_a_task_b_student_gets_transfer_texts_from_the_teachers_export(tiny_mode
     assert main(["-q", "run", "--task", "B", "--data", str(emit_folder), "--model", str(tiny_model), "--out",
                  str(out), "--extra-data-dir", str(extra_folder), "--members", "tfidf", "transformer", "--folds",
                  "2", "--transformer-folds", "2", "--nested-folds", "2", "--no-report", *TINY_TRAIN]) == 0
-    assert main(["-q", "distill", str(out), "--speed-texts", "0", "--epochs", "1"]) == 0
+    assert main(["-q", "distill", str(out), "--speed-texts", "0", "--epochs", "1", "--seed", "7"]) == 0
     result = json.loads((out / RESULT_FILE).read_text())
+    assert result["seed"] == 7
     assert result["student"]["test"]["per_label_f1"].keys() == {"Direction", "Topic"}
     assert "predicted by the teacher's export" in result["targets"]["transfer"]
     # the texts and targets: 90 corpus rows less the 5 equal to out-of-domain or test texts

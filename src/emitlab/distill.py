@@ -168,13 +168,14 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
     log.info("student targets: %d training texts (%d with the teacher's out-of-fold %s, gold weight %.2f); "
              "transfer: %s", n, len(arrays["validation_rows"]), best, dcfg.gold_weight, why)
 
-    tr, va = stratified_split(gold, dcfg.val_fraction, cfgs[DataConfig].seed, source=data.train.source)
+    seed = cfgs[DataConfig].seed if dcfg.seed < 0 else dcfg.seed
+    tr, va = stratified_split(gold, dcfg.val_fraction, seed, source=data.train.source)
     texts = list(train.texts[:n]) + list(extra_texts)
     fit_rows = np.concatenate([tr, n + np.arange(len(extra_texts))]).astype(np.int64)
     labels = np.vstack([targets, extra_targets]) if len(extra_texts) else targets
     train_cfg = _student_train_config(cfgs[TrainConfig], dcfg)
     work = run / WORK_DIR
-    member = TransformerMember(train_cfg, workdir=work / "work", seed=cfgs[DataConfig].seed,
+    member = TransformerMember(train_cfg, workdir=work / "work", seed=seed,
                                eval_texts=[texts[i] for i in va], eval_labels=gold[va], select_on_eval=True)
     t = time.time()
     member.fit([texts[i] for i in fit_rows], labels[fit_rows], label_names)
@@ -191,6 +192,7 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
         "targets": {"training_texts": n, "with_teacher_out_of_fold": int(len(arrays["validation_rows"])),
                     "gold_weight": dcfg.gold_weight, "transfer": why, "transfer_texts": len(extra_texts),
                     "held_out_for_epoch_and_calibration": int(len(va))},
+        "seed": seed,
         "settings": {"distill": dcfg.__dict__, "train": train_cfg.__dict__},
         "export": export,
         "train_seconds": round(train_seconds, 1),

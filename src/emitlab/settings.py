@@ -489,6 +489,9 @@ class DistillConfig(SettingsGroup):
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many steps (> 0); -1 = the run's."})
     val_fraction: float = field(default=0.1, metadata={"gt": 0, "lt": 1, "help": (
         "Share of the training texts held out (stratified) to choose the student's best epoch and calibrate it.")})
+    seed: int = field(default=-1, metadata={"min": -1, "off": "-1 = the run's", "help": (
+        "Seed of the student (its held-out split and its training); -1 = the run's --seed. Students of several "
+        "seeds give a mean and spread.")})
     speed_texts: int = field(default=256, metadata={"min": 0, "help": (
         "Test texts on which teacher and student are timed, one after the other (0 = no timing).")})
 
