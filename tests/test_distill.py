@@ -199,3 +199,49 @@ def test_a_task_b_student_gets_transfer_texts_from_the_teachers_export(tiny_mode
     kept = [t for t in ADAPTERS[PROXY_CORPUS](extra_folder).texts if loose_key(t, cleaner) not in evaluation]
     teacher = EmotionClassifier.from_pretrained(out / "model")
     np.testing.assert_allclose(teacher.predict_proba(kept[:4]), probs[:4], atol=1e-6)
+
+
+def test_transfer_corpora_add_xed_texts_and_skip_what_the_teacher_trained_on(tiny_model, emit_folder,
+                                                                               extra_folder, tmp_path):
+    """``--transfer-corpora``: each corpus' texts (evaluation duplicates dropped) with the teacher
+    export's probabilities, corpora concatenated in the order given; a corpus the teacher trained on
+    gives none (its labels were seen: its predictions are not zero-shot)."""
+    from emitlab.data.cleaning import TextCleaner
+    from emitlab.data.duplicates import loose_key
+    from emitlab.data.extra import ADAPTERS, PROXY_CORPUS, drop_evaluation_duplicates
+    from emitlab.distill import transfer_rows
+    from emitlab.inference import EmotionClassifier
+    from emitlab.jobs import load_data, training_rows
+    from emitlab.settings import CleaningConfig, DataConfig
+
+    from conftest import TINY_TRAIN
+
+    def loaded(**extra):  # as distill loads it: the proxy rows equal to training texts dropped
+        data = load_data(DataConfig(data=str(emit_folder), extra_data_dir=str(extra_folder), **extra))
+        training_rows(data, cleaner.clean_many(data.train.texts), cleaner, False)
+        return data
+
+    out = tmp_path / "run"
+    assert main(["-q", "run", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--extra-data-dir", str(extra_folder), "--extra-data", "xed-it", "--members", "tfidf",
+                 "transformer", "--folds", "2", "--transformer-folds", "2", "--nested-folds", "2", "--no-report",
+                 *TINY_TRAIN]) == 0
+    _, arrays = teacher_predictions(out)
+    cleaner = TextCleaner(CleaningConfig())
+    trained = loaded(extra_data=["xed-it"])
+    texts, probs, why = transfer_rows(trained, arrays, cleaner, False, out, str(extra_folder),
+                                      [PROXY_CORPUS, "xed-it"])
+    assert "xed-it: the teacher trained on it" in why and len(texts) == len(probs) == len(trained.proxy)
+    np.testing.assert_allclose(probs, arrays["ood_proxy"])  # the run's zero-shot predictions of the proxy corpus
+
+    # the same teacher seen as one that never trained on XED: the export predicts its texts
+    plain = loaded()
+    texts, probs, why = transfer_rows(plain, arrays, cleaner, False, out, str(extra_folder),
+                                      [PROXY_CORPUS, "xed-it"])
+    evaluation = {s: ds.texts for s, ds in plain.prediction_sets.items()}
+    xed = drop_evaluation_duplicates(ADAPTERS["xed-it"](extra_folder), evaluation, lambda t: loose_key(t, cleaner))
+    assert 0 < len(xed) and len(texts) == len(probs) == len(plain.proxy) + len(xed)
+    assert texts[len(plain.proxy):] == cleaner.clean_many(xed.texts)
+    teacher = EmotionClassifier.from_pretrained(out / "model")
+    np.testing.assert_allclose(probs[len(plain.proxy):][:5], teacher.predict_proba(xed.texts[:5]), atol=1e-6)
+    assert why.endswith("predicted by the teacher's export") and why.count(";") == 1

@@ -6,10 +6,10 @@ targets that no text's own model made:
 - for each training text, ``gold_weight`` x its gold labels + (1 - ``gold_weight``) x the teacher's
   **out-of-fold** probability (``predictions.npz``: the chosen candidate's combination of the
   members' out-of-fold predictions, each from the fold model that held that text out);
-- with ``--transfer`` (default), the texts of the out-of-domain proxy corpus *without their labels*,
-  with the teacher's zero-shot probabilities as targets (the teacher never trained on them): the
-  run's predictions (task A), or its export's (task B, which has no labels for that corpus).
-  Never the test or out-of-domain texts (equal texts are dropped).
+- with ``--transfer`` (default), the texts of the ``--transfer-corpora`` (default: the out-of-domain
+  proxy corpus, MultiEmotions-It; also XED) *without their labels*, with the teacher's zero-shot
+  probabilities as targets (the teacher never trained on them): the run's predictions of the proxy
+  corpus (task A), else its export's. Never the test or out-of-domain texts (equal texts are dropped).
 
 Like ``emitlab train``, a stratified ``--val-fraction`` of the training texts is held out: it
 chooses the student's best epoch and calibrates its thresholds and decoding rules (its gold
@@ -26,7 +26,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -36,7 +36,6 @@ from emitlab.data.extra import (
     ADAPTERS,
     OOD_DOMAIN,
     PROXY_CORPUS,
-    PROXY_FILE,
     TASK_DOMAIN,
     drop_evaluation_duplicates,
     extra_data_dir,
@@ -46,7 +45,7 @@ from emitlab.data.split import stratified_split
 from emitlab.engine.calibration import calibrate
 from emitlab.engine.crossfit import FOLD_FILE
 from emitlab.engine.evaluation import evaluate_decoded, write_submission
-from emitlab.errors import RunFolderError
+from emitlab.errors import DataError, RunFolderError
 from emitlab.io import atomic_write_json
 from emitlab.jobs import PROXY_SET, SET_DOMAINS, load_data, training_rows, with_marker
 from emitlab.settings import GROUPS, CalibrationConfig, CleaningConfig, DataConfig, DistillConfig, TrainConfig
@@ -102,39 +101,57 @@ def soft_targets(gold: np.ndarray, teacher_rows: np.ndarray, teacher_probs: np.n
 
 
 def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCleaner, markers: bool,
-                  run: Path | None = None, extra_dir: str = "") -> tuple[list[str], np.ndarray, str]:
-    """The unlabelled transfer texts and the teacher's probabilities for them: the proxy corpus'
-    texts (MultiEmotions-It), never trained on by the teacher, labels unused. Its zero-shot
-    predictions when the run made them (task A); otherwise, when the corpus is in ``extra_dir``
-    and the run did not train on it (task B has no labels for it), the teacher's export
-    (``run/model``) predicts them here. Texts equal to an evaluation text are dropped first.
-    ``([], ..., why)`` when there are none."""
-    none = np.zeros((0, len(data.label_names)))
-    probs = arrays.get(PROXY_SET)
-    if data.proxy is not None and probs is not None:
-        if len(data.proxy) != len(probs):
-            return [], none, f"the proxy corpus has {len(data.proxy)} texts now, the run predicted {len(probs)}"
-        texts = with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
-        return texts, np.asarray(probs, dtype=np.float64), f"{data.proxy.name}: {len(texts)} texts, labels unused"
-    if PROXY_CORPUS in [c.name for c in data.extra]:
-        return [], none, f"the teacher trained on {PROXY_CORPUS} (--extra-data): its texts cannot transfer"
-    folder = extra_data_dir(extra_dir)
-    if run is None or not (run / "model").is_dir() or not (folder / PROXY_FILE).is_file():
-        return [], none, f"no zero-shot predictions of a proxy corpus in this run, nor {folder / PROXY_FILE}"
-    from emitlab.inference import EmotionClassifier
+                  run: Path | None = None, extra_dir: str = "",
+                  corpora: Sequence[str] = (PROXY_CORPUS,)) -> tuple[list[str], np.ndarray, str]:
+    """The unlabelled transfer texts of ``corpora`` (extra corpora the teacher never trained on,
+    labels unused) and the teacher's probabilities for them. For the proxy corpus (MultiEmotions-It)
+    the run's zero-shot predictions when it made them (task A); otherwise the teacher's export
+    (``run/model``) predicts the corpus' texts here (task B has no labels for the proxy corpus; the
+    run made no predictions of XED). Texts equal to an evaluation text are dropped first. Returns
+    the texts, the probabilities and what was used or skipped and why (one clause a corpus)."""
+    texts: list[str] = []
+    probs = [np.zeros((0, len(data.label_names)))]
+    why: list[str] = []
+    teacher = None
+    trained_on = {c.name for c in data.extra}
+    for name in dict.fromkeys(corpora):
+        zero_shot = arrays.get(PROXY_SET) if name == PROXY_CORPUS else None
+        if name == PROXY_CORPUS and data.proxy is not None and zero_shot is not None:
+            if len(data.proxy) != len(zero_shot):
+                why.append(f"{name}: {len(data.proxy)} texts now, the run predicted {len(zero_shot)}")
+                continue
+            texts += with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
+            probs.append(np.asarray(zero_shot, dtype=np.float64))
+            why.append(f"{data.proxy.name}: {len(zero_shot)} texts, labels unused")
+            continue
+        if name in trained_on:
+            why.append(f"{name}: the teacher trained on it (--extra-data), its texts cannot transfer")
+            continue
+        if run is None or not (run / "model").is_dir():
+            why.append(f"{name}: no zero-shot predictions in this run and no export to make them")
+            continue
+        try:
+            corpus = ADAPTERS[name](extra_data_dir(extra_dir))
+        except DataError as e:
+            log.warning("no transfer texts from %s: %s", name, e)
+            why.append(f"{name}: {e}")
+            continue
+        evaluation = {s: ds.texts for s, ds in data.prediction_sets.items()}
+        corpus = drop_evaluation_duplicates(corpus, evaluation, lambda text: loose_key(text, cleaner))
+        if teacher is None:
+            from emitlab.inference import EmotionClassifier
 
-    evaluation = {name: ds.texts for name, ds in data.prediction_sets.items()}
-    corpus = drop_evaluation_duplicates(ADAPTERS[PROXY_CORPUS](folder), evaluation,
-                                        lambda text: loose_key(text, cleaner))
-    teacher = EmotionClassifier.from_pretrained(run / "model")
-    if markers and OOD_DOMAIN in teacher.markers:
-        teacher.set_domain(OOD_DOMAIN)
-    log.info("the teacher predicts the %d texts of %s (dropped: %s) for the student", len(corpus), corpus.name,
-             dict(corpus.dropped) or "none")
-    probs = teacher.predict_proba(list(corpus.texts), progress=True)
-    texts = with_marker(cleaner.clean_many(corpus.texts), OOD_DOMAIN if markers else None)
-    return texts, np.asarray(probs, dtype=np.float64), (
-        f"{corpus.name}: {len(texts)} texts, labels unused, predicted by the teacher's export")
+            teacher = EmotionClassifier.from_pretrained(run / "model")
+            default_domain = teacher.domain
+        domain = None
+        if markers:  # the corpus' own domain where the teacher has learnt its marker, else its default
+            domain = teacher.domain = corpus.domain if corpus.domain in teacher.markers else default_domain
+        log.info("the teacher predicts the %d texts of %s (dropped: %s) for the student", len(corpus), corpus.name,
+                 dict(corpus.dropped) or "none")
+        probs.append(np.asarray(teacher.predict_proba(list(corpus.texts), progress=True), dtype=np.float64))
+        texts += with_marker(cleaner.clean_many(corpus.texts), domain)
+        why.append(f"{corpus.name}: {len(corpus)} texts, labels unused, predicted by the teacher's export")
+    return texts, np.vstack(probs), "; ".join(why) or "no transfer corpus"
 
 
 # --------------------------------------------------------------------------------------
@@ -163,7 +180,8 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
                              "(another data folder? give the run's with --data)")
     targets = soft_targets(gold, arrays["validation_rows"], arrays["validation"], dcfg.gold_weight)
     extra_texts, extra_targets, why = (transfer_rows(data, arrays, cleaner, markers, run,
-                                                     cfgs[DataConfig].extra_data_dir) if dcfg.transfer
+                                                     cfgs[DataConfig].extra_data_dir, dcfg.transfer_corpora)
+                                       if dcfg.transfer
                                        else ([], np.zeros((0, len(label_names))), "--no-transfer"))
     log.info("student targets: %d training texts (%d with the teacher's out-of-fold %s, gold weight %.2f); "
              "transfer: %s", n, len(arrays["validation_rows"]), best, dcfg.gold_weight, why)

@@ -477,8 +477,15 @@ class DistillConfig(SettingsGroup):
         "Weight of the gold labels in each training text's target; the rest is the teacher's out-of-fold "
         "probability (1 = gold alone, 0 = the teacher alone).")})
     transfer: bool = field(default=True, metadata={"help": (
-        "Also train on the out-of-domain proxy corpus' texts (MultiEmotions-It, from --extra-data-dir), without "
-        "their labels, with the teacher's zero-shot probabilities as targets (the run's; for task B its export's).")})
+        "Also train on the texts of the --transfer-corpora (default: the out-of-domain proxy corpus, "
+        "MultiEmotions-It, from --extra-data-dir), without their labels, with the teacher's zero-shot "
+        "probabilities as targets (the run's; else its export's).")})
+    transfer_corpora: list[str] = field(default_factory=lambda: ["multiemotions-it"], metadata={
+        "choices": ["multiemotions-it", "xed-it", "xed-en"], "help": (
+            "The corpora (of --extra-data-dir) whose texts, without their labels, are the transfer texts: "
+            "multiemotions-it (the proxy corpus), xed-it (6,550 Italian subtitle lines), xed-en (27,202 English "
+            "lines). The teacher's export predicts those the run did not; a corpus the teacher trained on is "
+            "skipped.")})
     student_model: str = field(default="", metadata={"help": (
         "The student's encoder (a folder or Hub id); empty: the run's --model.")})
     student_layers: int = field(default=0, metadata={"min": 0, "off": "0 = all", "help": (
