@@ -114,6 +114,7 @@ def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCl
     why: list[str] = []
     teacher = None
     trained_on = {c.name for c in data.extra}
+    evaluation = {s: ds.texts for s, ds in data.prediction_sets.items()}
     for name in dict.fromkeys(corpora):
         zero_shot = arrays.get(PROXY_SET) if name == PROXY_CORPUS else None
         if name == PROXY_CORPUS and data.proxy is not None and zero_shot is not None:
@@ -136,7 +137,6 @@ def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCl
             log.warning("no transfer texts from %s: %s", name, e)
             why.append(f"{name}: {e}")
             continue
-        evaluation = {s: ds.texts for s, ds in data.prediction_sets.items()}
         corpus = drop_evaluation_duplicates(corpus, evaluation, lambda text: loose_key(text, cleaner))
         if teacher is None:
             from emitlab.inference import EmotionClassifier
