@@ -245,3 +245,21 @@ def test_transfer_corpora_add_xed_texts_and_skip_what_the_teacher_trained_on(tin
     teacher = EmotionClassifier.from_pretrained(out / "model")
     np.testing.assert_allclose(probs[len(plain.proxy):][:5], teacher.predict_proba(xed.texts[:5]), atol=1e-6)
     assert why.endswith("predicted by the teacher's export") and why.count(";") == 1
+
+    # texts equal to training texts are dropped too: two proxy rows and one XED row made equal to
+    # training texts (other case and spacing), the rest as before
+    train = plain.train.texts
+    plain.proxy.texts[:2] = [" " + train[0].upper(), train[1] + "  "]
+    edited = tmp_path / "extra-edited"
+    shutil.copytree(extra_folder, edited)
+    xed_file = edited / "xed" / "it-projections.tsv"
+    lines = xed_file.read_text(encoding="utf-8").splitlines()
+    lines[0] = train[2].upper() + "\t" + lines[0].split("\t")[1]
+    xed_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    got, got_probs, why = transfer_rows(plain, arrays, cleaner, False, out, str(edited), [PROXY_CORPUS, "xed-it"])
+    assert "(2 equal to training texts dropped)" in why and "(1 equal to training texts dropped)" in why
+    n_proxy = len(plain.proxy) - 2
+    assert len(got) == len(got_probs) == n_proxy + len(xed) - 1
+    assert got[:n_proxy] == texts[2:len(plain.proxy)] and got[n_proxy:] == texts[len(plain.proxy) + 1:]
+    np.testing.assert_allclose(got_probs[:n_proxy], arrays["ood_proxy"][2:])  # still aligned with their texts
+    np.testing.assert_allclose(got_probs[n_proxy:], probs[len(plain.proxy) + 1:], atol=1e-6)

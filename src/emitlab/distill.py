@@ -56,6 +56,8 @@ log = logging.getLogger("emitlab")
 STUDENT_EXPORT = "student"
 WORK_DIR = "distill"
 RESULT_FILE = "distill.json"
+#: The name under which transfer texts equal to a training text are counted as dropped.
+TRAIN_SET = "train"
 
 
 # --------------------------------------------------------------------------------------
@@ -107,23 +109,34 @@ def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCl
     labels unused) and the teacher's probabilities for them. For the proxy corpus (MultiEmotions-It)
     the run's zero-shot predictions when it made them (task A); otherwise the teacher's export
     (``run/model``) predicts the corpus' texts here (task B has no labels for the proxy corpus; the
-    run made no predictions of XED). Texts equal to an evaluation text are dropped first. Returns
-    the texts, the probabilities and what was used or skipped and why (one clause a corpus)."""
+    run made no predictions of XED). Texts equal to an evaluation text are dropped first, and so are
+    those equal to a training text (that text already has its out-of-fold target; the teacher's
+    prediction of its twin is not zero-shot). Returns the texts, the probabilities and what was used
+    or skipped and why (one clause a corpus)."""
     texts: list[str] = []
     probs = [np.zeros((0, len(data.label_names)))]
     why: list[str] = []
     teacher = None
     trained_on = {c.name for c in data.extra}
     evaluation = {s: ds.texts for s, ds in data.prediction_sets.items()}
+
+    def key(text: str) -> str:
+        return loose_key(text, cleaner)
+
+    seen = {**evaluation, TRAIN_SET: data.train.texts}  # an adapter's rows equal to any of these: dropped
+    train_keys = {key(t) for t in data.train.texts} - {""}
     for name in dict.fromkeys(corpora):
         zero_shot = arrays.get(PROXY_SET) if name == PROXY_CORPUS else None
         if name == PROXY_CORPUS and data.proxy is not None and zero_shot is not None:
             if len(data.proxy) != len(zero_shot):
                 why.append(f"{name}: {len(data.proxy)} texts now, the run predicted {len(zero_shot)}")
                 continue
-            texts += with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
-            probs.append(np.asarray(zero_shot, dtype=np.float64))
-            why.append(f"{data.proxy.name}: {len(zero_shot)} texts, labels unused")
+            keep = np.array([key(t) not in train_keys for t in data.proxy.texts], dtype=bool)
+            kept = [t for t, k in zip(data.proxy.texts, keep) if k]
+            texts += with_marker(cleaner.clean_many(kept), OOD_DOMAIN if markers else None)
+            probs.append(np.asarray(zero_shot, dtype=np.float64)[keep])
+            why.append(f"{data.proxy.name}: {len(kept)} texts ({int((~keep).sum())} equal to training texts "
+                       "dropped), labels unused")
             continue
         if name in trained_on:
             why.append(f"{name}: the teacher trained on it (--extra-data), its texts cannot transfer")
@@ -137,7 +150,7 @@ def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCl
             log.warning("no transfer texts from %s: %s", name, e)
             why.append(f"{name}: {e}")
             continue
-        corpus = drop_evaluation_duplicates(corpus, evaluation, lambda text: loose_key(text, cleaner))
+        corpus = drop_evaluation_duplicates(corpus, seen, key)
         if teacher is None:
             from emitlab.inference import EmotionClassifier
 
@@ -150,7 +163,8 @@ def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCl
                  dict(corpus.dropped) or "none")
         probs.append(np.asarray(teacher.predict_proba(list(corpus.texts), progress=True), dtype=np.float64))
         texts += with_marker(cleaner.clean_many(corpus.texts), domain)
-        why.append(f"{corpus.name}: {len(corpus)} texts, labels unused, predicted by the teacher's export")
+        why.append(f"{corpus.name}: {len(corpus)} texts ({corpus.dropped.get(TRAIN_SET, 0)} equal to training texts "
+                   "dropped), labels unused, predicted by the teacher's export")
     return texts, np.vstack(probs), "; ".join(why) or "no transfer corpus"
 
 

@@ -485,7 +485,7 @@ class DistillConfig(SettingsGroup):
             "The corpora (of --extra-data-dir) whose texts, without their labels, are the transfer texts: "
             "multiemotions-it (the proxy corpus), xed-it (6,550 Italian subtitle lines), xed-en (27,202 English "
             "lines). The teacher's export predicts those the run did not; a corpus the teacher trained on is "
-            "skipped.")})
+            "skipped, and texts equal to a test, out-of-domain or training text are dropped.")})
     student_model: str = field(default="", metadata={"help": (
         "The student's encoder (a folder or Hub id); empty: the run's --model.")})
     student_layers: int = field(default=0, metadata={"min": 0, "off": "0 = all", "help": (
