@@ -263,3 +263,96 @@ def test_transfer_corpora_add_xed_texts_and_skip_what_the_teacher_trained_on(tin
     assert got[:n_proxy] == texts[2:len(plain.proxy)] and got[n_proxy:] == texts[len(plain.proxy) + 1:]
     np.testing.assert_allclose(got_probs[:n_proxy], arrays["ood_proxy"][2:])  # still aligned with their texts
     np.testing.assert_allclose(got_probs[n_proxy:], probs[len(plain.proxy) + 1:], atol=1e-6)
+
+
+def _fake_run(folder: Path, best: str, weights: list[float], members=("tfidf", "lexicon", "transformer")) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    average = {"kind": "average", "space": "prob", "weights": weights}
+    models = {m: {} for m in members} | {"average_prob": {"combiner": average},
+                                          "stacker": {"combiner": {"kind": "stacker", "C": 1.0}}}
+    (folder / "metrics.json").write_text(json.dumps({"best_model": best, "members": {m: {} for m in members},
+                                                     "models": models}))
+    return folder
+
+
+def test_keep_members_puts_the_student_in_the_place_of_the_teachers_networks(tmp_path):
+    """``--keep-members``: the teacher's weighted average (chosen on out-of-fold rows) with the
+    student standing in for its network members; a stacker teacher lends its run's average_prob."""
+    from emitlab.distill import student_combination
+    from emitlab.errors import RunFolderError
+
+    run = _fake_run(tmp_path / "a", "average_prob", [0.5, 0.2, 0.3])
+    assert student_combination(run, []) == (["transformer"], {"kind": "average", "space": "prob", "weights": [1.0]})
+    names, comb = student_combination(run, ["lexicon", "tfidf"])
+    assert names == ["tfidf", "lexicon", "transformer"] and comb["weights"] == pytest.approx([0.5, 0.2, 0.3])
+    names, comb = student_combination(run, ["tfidf"])  # lexicon dropped, the rest renormalised
+    assert names == ["tfidf", "transformer"] and comb["weights"] == pytest.approx([0.625, 0.375])
+    stacked = _fake_run(tmp_path / "b", "stacker", [0.4, 0.0, 0.6])
+    names, comb = student_combination(stacked, ["tfidf", "lexicon"])  # a member at weight 0 stays out
+    assert names == ["tfidf", "transformer"] and comb["weights"] == pytest.approx([0.4, 0.6])
+    with pytest.raises(RunFolderError, match="without a network"):
+        student_combination(run, ["transformer"])
+    with pytest.raises(RunFolderError, match="no weight"):
+        student_combination(_fake_run(tmp_path / "c", "average_prob", [0.7, 0.3, 0.0]), ["tfidf"])
+
+
+def test_the_mix_reads_only_out_of_fold_predictions_of_training_texts(tmp_path):
+    """The held-out tenth is calibrated on the kept members' out-of-fold predictions of those texts;
+    a text without one (a 90/10 run) is an error, not a silent in-sample prediction."""
+    from emitlab.distill import StudentMix
+    from emitlab.errors import RunFolderError
+
+    run = _fake_run(tmp_path / "r", "average_prob", [0.5, 0.0, 0.5])
+    rng = np.random.default_rng(0)
+    oof, test = rng.random((6, 2)), rng.random((4, 2))
+    np.savez(run / "predictions.npz", validation_rows=np.array([0, 1, 2, 4, 5, 7]),
+             **{"member:tfidf_validation": oof, "member:tfidf_test": test})
+    mix = StudentMix(run, ["tfidf", "transformer"], {"kind": "average", "space": "prob", "weights": [0.25, 0.75]}, 8)
+    student = rng.random((2, 2))
+    np.testing.assert_allclose(mix(student, "train", np.array([4, 0])), 0.25 * oof[[3, 0]] + 0.75 * student)
+    np.testing.assert_allclose(mix(rng.random((4, 2)) * 0 + 1, "test"), 0.25 * test + 0.75)
+    assert mix.has("test") and not mix.has("ood")
+    with pytest.raises(RunFolderError, match="1 held-out training texts"):
+        mix(student, "train", np.array([3, 4]))  # row 3 has no out-of-fold prediction
+
+
+def test_a_student_with_the_cheap_members_beside_it_exports_and_reloads(distilled, emit_folder, tmp_path, capsys):
+    """``--keep-members tfidf lexicon --reuse-student``: the saved student network, not trained again,
+    exported with the run's tfidf and lexicon fold models at the teacher's weights; the export reloads
+    to the probabilities scored; the network alone scores as the plain student did."""
+    from sklearn.metrics import f1_score
+
+    from emitlab.inference import EmotionClassifier
+    from emitlab.jobs import load_data
+    from emitlab.settings import DataConfig
+
+    run = tmp_path / "run"
+    shutil.copytree(distilled, run, symlinks=True, ignore=shutil.ignore_patterns("student", "student.zip"))
+    metrics = json.loads((run / "metrics.json").read_text())  # a teacher whose average weighs every member
+    metrics["best_model"] = "average_prob"
+    metrics["models"]["average_prob"]["combiner"]["weights"] = [0.5, 0.2, 0.3]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    # another gold weight than the saved student's: refused, nothing written
+    assert main(["-q", "distill", str(run), "--data", str(emit_folder), "--gold-weight", "0.9",
+                 "--student-layers", "1", "--reuse-student"]) != 0
+    assert "gold_weight: 0.3 then, 0.9 now" in capsys.readouterr().err and not (run / STUDENT_EXPORT).exists()
+    assert main(["-q", "distill", str(run), "--data", str(emit_folder), *STUDENT, "--speed-texts", "8",
+                 "--keep-members", "tfidf", "lexicon", "--reuse-student"]) == 0
+    before = json.loads((distilled / RESULT_FILE).read_text())
+    result = json.loads((run / RESULT_FILE).read_text())
+    assert result["reused_student"] and result["fit"] == before["fit"] and result["targets"] == before["targets"]
+    assert result["student"]["members"] == ["tfidf", "lexicon", "transformer"]
+    assert result["student"]["combiner"]["weights"] == pytest.approx([0.5, 0.2, 0.3])
+    alone = result["student"]["network_alone"]  # the same network, calibrated as before
+    assert alone["calibration"] == before["student"]["calibration"]
+    assert alone["test"]["macro_f1"] == pytest.approx(before["student"]["test"]["macro_f1"], abs=1e-12)
+    meta = json.loads((run / STUDENT_EXPORT / "emitlab.json").read_text())
+    assert [m["name"] for m in meta["members"]] == ["tfidf", "lexicon", "transformer"]
+    assert [len(m["folds"]) for m in meta["members"]] == [3, 3, 1]  # TINY_FOLDS: 3 folds of the cheap members
+    assert result["export"]["reload_max_abs_diff"] < 1e-5 and result["speed"]["student_texts_per_s"] > 0
+    # the reloaded export's decoded test predictions give the scored macro-F1
+    data = load_data(DataConfig(data=str(emit_folder)))
+    clf = EmotionClassifier.from_pretrained(run / STUDENT_EXPORT)
+    pred = clf.decoder.decode(clf.predict_proba(data.prediction_sets["test"].texts))
+    assert f1_score(data.prediction_sets["test"].labels, pred, average="macro", zero_division=0) == pytest.approx(
+        result["student"]["test"]["macro_f1"], abs=1e-9)

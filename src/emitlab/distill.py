@@ -44,10 +44,11 @@ from emitlab.data.loading import EmitData
 from emitlab.data.split import stratified_split
 from emitlab.engine.calibration import calibrate
 from emitlab.engine.crossfit import FOLD_FILE
+from emitlab.engine.ensemble import combiner_from_dict
 from emitlab.engine.evaluation import evaluate_decoded, write_submission
 from emitlab.errors import DataError, RunFolderError
-from emitlab.io import atomic_write_json
-from emitlab.jobs import PROXY_SET, SET_DOMAINS, load_data, training_rows, with_marker
+from emitlab.io import atomic_write_json, to_jsonable
+from emitlab.jobs import PROXY_SET, SET_DOMAINS, load_data, network_members, training_rows, with_marker
 from emitlab.settings import GROUPS, CalibrationConfig, CleaningConfig, DataConfig, DistillConfig, TrainConfig
 
 log = logging.getLogger("emitlab")
@@ -58,6 +59,8 @@ WORK_DIR = "distill"
 RESULT_FILE = "distill.json"
 #: The name under which transfer texts equal to a training text are counted as dropped.
 TRAIN_SET = "train"
+#: The student's name among the export's members.
+STUDENT_MEMBER = "transformer"
 
 
 # --------------------------------------------------------------------------------------
@@ -100,6 +103,91 @@ def soft_targets(gold: np.ndarray, teacher_rows: np.ndarray, teacher_probs: np.n
     rows = np.asarray(teacher_rows, dtype=np.int64)
     targets[rows] = gold_weight * targets[rows] + (1.0 - gold_weight) * np.asarray(teacher_probs, dtype=np.float64)
     return targets
+
+
+def student_combination(run: Path, keep: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """The student export's members and combiner when the teacher's ``keep`` members (without a
+    network) stay beside the student: the teacher's weighted average (its chosen model, else the
+    run's ``average_prob`` candidate; both chosen on out-of-fold rows) with its network members'
+    weights summed onto the student, the kept members at their weights, any other member dropped,
+    the weights renormalised. Nothing kept: the student alone."""
+    alone = {"kind": "average", "space": "prob", "weights": [1.0]}
+    if not keep:
+        return [STUDENT_MEMBER], alone
+    metrics = json.loads((Path(run) / "metrics.json").read_text(encoding="utf-8"))
+    members = list(metrics.get("members", {}))
+    wrong = [m for m in keep if m not in members or network_members([m])]
+    if wrong:
+        raise RunFolderError(f"{run}: --keep-members {' '.join(wrong)}: not a member of the run without a network "
+                             f"(its members: {', '.join(members)})")
+
+    def average(name: str) -> dict[str, Any] | None:
+        c = (metrics["models"].get(name) or {}).get("combiner") or {}
+        return c if c.get("kind") == "average" and len(c.get("weights") or []) == len(members) else None
+
+    combiner = average(metrics["best_model"]) or average("average_prob")
+    if combiner is None:
+        raise RunFolderError(f"{run}: no weighted average of its members among its candidates: --keep-members "
+                             "has no weights to keep")
+    names: list[str] = []
+    weights: list[float] = []
+    for m, w in zip(members, combiner["weights"]):
+        name = STUDENT_MEMBER if network_members([m]) else m
+        if name != STUDENT_MEMBER and (m not in keep or w <= 0):
+            continue
+        if name in names:
+            weights[names.index(name)] += float(w)
+        else:
+            names.append(name)
+            weights.append(float(w))
+    if STUDENT_MEMBER not in names or weights[names.index(STUDENT_MEMBER)] <= 0:
+        raise RunFolderError(f"{run}: the teacher's average gives its networks no weight: the student would "
+                             "stand in for nothing (distill without --keep-members)")
+    total = sum(weights)
+    return names, {"kind": "average", "space": combiner.get("space", "prob"), "weights": [w / total for w in weights]}
+
+
+class StudentMix:
+    """The student's probabilities combined with those the run's kept members made of the same
+    texts (``predictions.npz``: out-of-fold for training rows, the fold models' mean for a
+    prediction set). The student alone when nothing is kept."""
+
+    def __init__(self, run: Path, names: list[str], combiner: dict[str, Any], n_train: int):
+        self.names = names
+        self.kept = [m for m in names if m != STUDENT_MEMBER]
+        self.combiner = combiner_from_dict(combiner) if self.kept else None
+        self.arrays: dict[str, dict[str, np.ndarray]] = {m: {} for m in self.kept}
+        if not self.kept:
+            return
+        with np.load(Path(run) / "predictions.npz", allow_pickle=False) as z:
+            rows = z["validation_rows"]
+            for m in self.kept:
+                oof = np.full((n_train, z[f"member:{m}_validation"].shape[1]), np.nan)
+                oof[rows] = z[f"member:{m}_validation"]
+                self.arrays[m][TRAIN_SET] = oof
+                prefix = f"member:{m}_"
+                self.arrays[m].update({k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)
+                                       and k != prefix + "validation"})
+
+    def has(self, set_name: str) -> bool:
+        return all(set_name in self.arrays[m] for m in self.kept)
+
+    def __call__(self, student: np.ndarray, set_name: str, rows: Any = slice(None)) -> np.ndarray:
+        """Combined probabilities of the texts ``rows`` of ``set_name`` (``train`` or a prediction set)."""
+        if not self.kept:
+            return student
+        probs = []
+        for m in self.names:
+            if m == STUDENT_MEMBER:
+                probs.append(np.asarray(student, dtype=np.float64))
+                continue
+            p = self.arrays[m][set_name][rows]
+            if np.isnan(p).any():
+                raise RunFolderError(f"member {m} has no out-of-fold prediction of {int(np.isnan(p[:, 0]).sum())} "
+                                     "held-out training texts (a 90/10 run predicts only its held tenth): "
+                                     "--keep-members needs a cross-fitted run")
+            probs.append(p)
+        return self.combiner.combine(probs)
 
 
 def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCleaner, markers: bool,
@@ -173,9 +261,8 @@ def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCl
 
 
 def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict[str, Any]:
-    """Train, calibrate, evaluate, export and measure the student of ``run``; returns ``distill.json``."""
-    from emitlab.members.transformer.member import TransformerMember
-
+    """Train (or with ``reuse_student`` reload), calibrate, evaluate, export and measure the student of
+    ``run``; returns ``distill.json``."""
     run = Path(run)
     t_start = time.time()
     cfgs = run_settings(run)
@@ -192,45 +279,42 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
             not np.array_equal(arrays["y_validation"], gold[arrays["validation_rows"]]):
         raise RunFolderError(f"{run}: its predictions do not match the training file of {cfgs[DataConfig].data!r} "
                              "(another data folder? give the run's with --data)")
-    targets = soft_targets(gold, arrays["validation_rows"], arrays["validation"], dcfg.gold_weight)
-    extra_texts, extra_targets, why = (transfer_rows(data, arrays, cleaner, markers, run,
-                                                     cfgs[DataConfig].extra_data_dir, dcfg.transfer_corpora)
-                                       if dcfg.transfer
-                                       else ([], np.zeros((0, len(label_names))), "--no-transfer"))
-    log.info("student targets: %d training texts (%d with the teacher's out-of-fold %s, gold weight %.2f); "
-             "transfer: %s", n, len(arrays["validation_rows"]), best, dcfg.gold_weight, why)
-
     seed = cfgs[DataConfig].seed if dcfg.seed < 0 else dcfg.seed
     tr, va = stratified_split(gold, dcfg.val_fraction, seed, source=data.train.source)
-    texts = list(train.texts[:n]) + list(extra_texts)
-    fit_rows = np.concatenate([tr, n + np.arange(len(extra_texts))]).astype(np.int64)
-    labels = np.vstack([targets, extra_targets]) if len(extra_texts) else targets
     train_cfg = _student_train_config(cfgs[TrainConfig], dcfg)
     work = run / WORK_DIR
-    member = TransformerMember(train_cfg, workdir=work / "work", seed=seed,
-                               eval_texts=[texts[i] for i in va], eval_labels=gold[va], select_on_eval=True)
-    t = time.time()
-    member.fit([texts[i] for i in fit_rows], labels[fit_rows], label_names)
-    train_seconds = time.time() - t
-    held = member.predict_proba([texts[i] for i in va])
+    if dcfg.reuse_student:
+        member, before = _reused_student(run, dcfg, train_cfg, seed)
+        trained = {k: before[k] for k in ("targets", "train_seconds", "fit")}
+    else:
+        member, trained = _train_student(run, dcfg, train_cfg, seed, data, arrays, train, cleaner, markers, best,
+                                         tr, va, work, cfgs[DataConfig].extra_data_dir)
+    held = member.predict_proba([train.texts[i] for i in va])
     cal = cfgs[CalibrationConfig]
-    report = calibrate(gold[va], held, label_names, cal.thresholds, cal.structure, cal.repeats)
+    names, combiner = student_combination(run, dcfg.keep_members)
+    mix = StudentMix(run, names, combiner, n)
+    held_mix = mix(held, TRAIN_SET, va)
+    report = calibrate(gold[va], held_mix, label_names, cal.thresholds, cal.structure, cal.repeats)
 
-    folder = _save_student(member, work)
-    export = _export_student(run, data, cfgs, report, folder)
+    folder = _student_folder(work) if dcfg.reuse_student else _save_student(member, work)
+    export = _export_student(run, data, cfgs, report, folder, names, combiner)
+    network = _network_predictions(member, data, cleaner, markers)
+    mixed = {name: mix(p, name) for name, p in network.items() if mix.has(name)}
+    scores = _student_scores(data, report, gold[va], held_mix, mixed, label_names, work)
+    if mix.kept:  # the network alone, calibrated on the same held-out tenth, for comparison
+        alone = calibrate(gold[va], held, label_names, cal.thresholds, cal.structure, cal.repeats)
+        scores["network_alone"] = _student_scores(data, alone, gold[va], held, network, label_names, None)
     result = {
         "teacher": _teacher_scores(run, best),
-        "student": _student_scores(member, report, data, cleaner, markers, gold[va], held, label_names, work),
-        "targets": {"training_texts": n, "with_teacher_out_of_fold": int(len(arrays["validation_rows"])),
-                    "gold_weight": dcfg.gold_weight, "transfer": why, "transfer_texts": len(extra_texts),
-                    "held_out_for_epoch_and_calibration": int(len(va))},
+        "student": {"members": names, "combiner": combiner, **scores},
+        **trained,
         "seed": seed,
         "settings": {"distill": dcfg.__dict__, "train": train_cfg.__dict__},
         "export": export,
-        "train_seconds": round(train_seconds, 1),
-        "fit": {k: v for k, v in member.fit_info.items() if k != "log_history"},
     }
-    result["export"]["reload_max_abs_diff"] = _reload_check(run, data, member, cleaner, markers)
+    if dcfg.reuse_student:
+        result["reused_student"] = str(folder)
+    result["export"]["reload_max_abs_diff"] = _reload_check(run, data, member, cleaner, markers, mix)
     result["speed"] = measure_speed(run, data, dcfg.speed_texts)
     result["size_bytes"] = {"teacher": folder_bytes(run / "model"), "student": folder_bytes(run / STUDENT_EXPORT)}
     result["seconds"] = round(time.time() - t_start, 1)
@@ -244,15 +328,78 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
     return result
 
 
-def _reload_check(run: Path, data: EmitData, member, cleaner: TextCleaner, markers: bool) -> float | None:
-    """How far the reloaded export's probabilities are from the trained student's, on the test texts."""
+def _train_student(run: Path, dcfg: DistillConfig, train_cfg: TrainConfig, seed: int, data: EmitData,
+                   arrays: dict[str, np.ndarray], train, cleaner: TextCleaner, markers: bool, best: str,
+                   tr: np.ndarray, va: np.ndarray, work: Path, extra_dir: str):
+    """Fit the student on its soft targets (the training texts but the held-out ``va``, then the
+    transfer texts); returns it and what ``distill.json`` says of its training."""
+    from emitlab.members.transformer.member import TransformerMember
+
+    n, gold, label_names = train.n, data.train.labels, list(data.label_names)
+    targets = soft_targets(gold, arrays["validation_rows"], arrays["validation"], dcfg.gold_weight)
+    extra_texts, extra_targets, why = (transfer_rows(data, arrays, cleaner, markers, run,
+                                                     extra_dir, dcfg.transfer_corpora)
+                                       if dcfg.transfer
+                                       else ([], np.zeros((0, len(label_names))), "--no-transfer"))
+    log.info("student targets: %d training texts (%d with the teacher's out-of-fold %s, gold weight %.2f); "
+             "transfer: %s", n, len(arrays["validation_rows"]), best, dcfg.gold_weight, why)
+    texts = list(train.texts[:n]) + list(extra_texts)
+    fit_rows = np.concatenate([tr, n + np.arange(len(extra_texts))]).astype(np.int64)
+    labels = np.vstack([targets, extra_targets]) if len(extra_texts) else targets
+    member = TransformerMember(train_cfg, workdir=work / "work", seed=seed,
+                               eval_texts=[texts[i] for i in va], eval_labels=gold[va], select_on_eval=True)
+    t = time.time()
+    member.fit([texts[i] for i in fit_rows], labels[fit_rows], label_names)
+    return member, {
+        "targets": {"training_texts": n, "with_teacher_out_of_fold": int(len(arrays["validation_rows"])),
+                    "gold_weight": dcfg.gold_weight, "transfer": why, "transfer_texts": len(extra_texts),
+                    "held_out_for_epoch_and_calibration": int(len(va))},
+        "train_seconds": round(time.time() - t, 1),
+        "fit": {k: v for k, v in member.fit_info.items() if k != "log_history"},
+    }
+
+
+#: DistillConfig fields that change the student network itself (--reuse-student checks them).
+TRAINING_FIELDS = ("gold_weight", "transfer", "transfer_corpora", "student_model", "student_layers", "epochs",
+                   "max_steps", "val_fraction")
+
+
+def _reused_student(run: Path, dcfg: DistillConfig, train_cfg: TrainConfig, seed: int):
+    """The student network an earlier ``distill`` of ``run`` saved, and its ``distill.json``, once
+    its settings are those asked now (else an error naming what differs)."""
+    from emitlab.members.transformer.member import TransformerMember
+
+    folder, path = _student_folder(run / WORK_DIR), run / RESULT_FILE
+    if not (folder / FOLD_FILE).is_file() or not path.is_file():
+        raise RunFolderError(f"{run}: no student to reuse ({folder} or {path.name} is missing): distill without "
+                             "--reuse-student first")
+    before = json.loads(path.read_text(encoding="utf-8"))
+    settings = before.get("settings") or {}
+    now = {**{k: getattr(dcfg, k) for k in TRAINING_FIELDS}, "seed": seed}
+    then = {**(settings.get("distill") or {}), "seed": before.get("seed", seed)}
+    differ = [f"{k}: {then[k]!r} then, {now[k]!r} now" for k in now if k in then and then[k] != now[k]]
+    train_now = to_jsonable(train_cfg.__dict__)
+    differ += [f"train.{k}: {v!r} then, {train_now[k]!r} now" for k, v in (settings.get("train") or {}).items()
+               if k in train_now and v != train_now[k]]
+    if differ:
+        raise RunFolderError(f"{run}: the saved student was trained otherwise ({'; '.join(differ)}): distill "
+                             "without --reuse-student")
+    spec = json.loads((folder / FOLD_FILE).read_text(encoding="utf-8"))["spec"]
+    return TransformerMember.load(folder, spec), before
+
+
+def _reload_check(run: Path, data: EmitData, member, cleaner: TextCleaner, markers: bool,
+                  mix: StudentMix) -> float | None:
+    """How far the reloaded export's probabilities are from the trained student's (with the kept
+    members' predictions of the run), on the test texts."""
     from emitlab.inference import EmotionClassifier
 
     ds = data.prediction_sets.get("test")
     if ds is None:
         return None
     raw = list(ds.texts[:64])
-    mine = member.predict_proba(with_marker(cleaner.clean_many(raw), TASK_DOMAIN if markers else None))
+    mine = mix(member.predict_proba(with_marker(cleaner.clean_many(raw), TASK_DOMAIN if markers else None)),
+               "test", slice(0, len(raw)))
     again = EmotionClassifier.from_pretrained(run / STUDENT_EXPORT).predict_proba(raw)
     return float(np.abs(again - mine).max())
 
@@ -270,15 +417,20 @@ def _student_train_config(teacher: TrainConfig, dcfg: DistillConfig) -> TrainCon
     return replace(teacher, **changes)
 
 
+def _student_folder(work: Path) -> Path:
+    return work / "members" / STUDENT_MEMBER / "fold-0"
+
+
 def _save_student(member, work: Path) -> Path:
     """The student as one fold folder (the layout ``write_export`` takes)."""
-    folder = work / "members" / "transformer" / "fold-0"
+    folder = _student_folder(work)
     spec = member.save(folder)
     atomic_write_json(folder / FOLD_FILE, {"spec": spec, "seconds": member.fit_info.get("train_seconds")})
     return folder
 
 
-def _export_student(run: Path, data: EmitData, cfgs: dict, report, folder: Path) -> dict[str, Any]:
+def _export_student(run: Path, data: EmitData, cfgs: dict, report, folder: Path, names: list[str],
+                    combiner: dict[str, Any]) -> dict[str, Any]:
     from emitlab.export import read_meta, write_export
 
     teacher_meta = read_meta(run / "model") if (run / "model").is_dir() else {}
@@ -287,7 +439,7 @@ def _export_student(run: Path, data: EmitData, cfgs: dict, report, folder: Path)
         "labels": list(data.label_names),
         "model_kind": "student",
         "decoder": report.decoder.to_dict(),
-        "combiner": {"kind": "average", "space": "prob", "weights": [1.0]},
+        "combiner": combiner,
         "cleaning": TextCleaner(cfgs[CleaningConfig]).to_dict(),
         "metrics": {},
         "nested_macro_f1": None,
@@ -295,7 +447,12 @@ def _export_student(run: Path, data: EmitData, cfgs: dict, report, folder: Path)
     }
     if "domain_marker" in teacher_meta:
         meta["domain_marker"] = teacher_meta["domain_marker"]
-    path = write_export(run / STUDENT_EXPORT, meta, {"transformer": [folder]})
+    folders = {}
+    for name in names:  # a kept member's fold models as the run saved them (those its export holds)
+        kept = sorted((f for f in (run / "members" / name).glob("fold-*") if (f / FOLD_FILE).is_file()),
+                      key=lambda f: int(f.name.split("-")[1]))
+        folders[name] = [folder] if name == STUDENT_MEMBER else kept
+    path = write_export(run / STUDENT_EXPORT, meta, folders)
     return {"path": str(path), "zip": str(path.with_name(path.name + ".zip"))}
 
 
@@ -318,23 +475,35 @@ def _per_label(m: dict) -> dict[str, float]:
     return {label: v["f1"] for label, v in (m.get("per_label") or {}).items()}
 
 
-def _student_scores(member, report, data: EmitData, cleaner: TextCleaner, markers: bool, y_held: np.ndarray,
-                    held: np.ndarray, label_names: list[str], work: Path) -> dict[str, Any]:
-    """The student's metrics: its held-out tenth, each set with gold, the proxy; submissions."""
+def _network_predictions(member, data: EmitData, cleaner: TextCleaner, markers: bool) -> dict[str, np.ndarray]:
+    """The student network's probabilities of each prediction set and of the proxy corpus."""
+    out = {name: member.predict_proba(with_marker(cleaner.clean_many(ds.texts),
+                                                  SET_DOMAINS.get(name, TASK_DOMAIN) if markers else None))
+           for name, ds in data.prediction_sets.items()}
+    if data.proxy is not None and data.proxy.labels is not None:
+        out[PROXY_SET] = member.predict_proba(with_marker(cleaner.clean_many(data.proxy.texts),
+                                                          OOD_DOMAIN if markers else None))
+    return out
+
+
+def _student_scores(data: EmitData, report, y_held: np.ndarray, held: np.ndarray, probs: dict[str, np.ndarray],
+                    label_names: list[str], work: Path | None) -> dict[str, Any]:
+    """The student's metrics from its probabilities (``held``: of its held-out tenth; ``probs``: set
+    name -> of that set, the proxy's under ``ood_proxy``): each set with gold, the proxy;
+    submissions into ``work`` (none without)."""
     out: dict[str, Any] = {"calibration": report.to_dict(),
                            "held_out": evaluate_decoded(y_held, held, report.decoder, label_names)}
-    sets = dict(data.prediction_sets)
-    for name, ds in sets.items():
-        texts = with_marker(cleaner.clean_many(ds.texts), SET_DOMAINS.get(name, TASK_DOMAIN) if markers else None)
-        probs = member.predict_proba(texts)
-        write_submission(work / f"student_submission_task-{data.task}_{name}.csv", ds.ids,
-                         report.decoder.decode(probs), label_names)
+    for name, ds in data.prediction_sets.items():
+        if name not in probs:
+            continue
+        if work is not None:
+            write_submission(work / f"student_submission_task-{data.task}_{name}.csv", ds.ids,
+                             report.decoder.decode(probs[name]), label_names)
         if ds.labels is not None:
-            m = evaluate_decoded(ds.labels, probs, report.decoder, label_names)
+            m = evaluate_decoded(ds.labels, probs[name], report.decoder, label_names)
             out[name] = {"macro_f1": m["macro_f1"], "micro_f1": m.get("micro_f1"), "per_label_f1": _per_label(m)}
-    if data.proxy is not None and data.proxy.labels is not None:
-        texts = with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
-        m = evaluate_decoded(data.proxy.labels, member.predict_proba(texts), report.decoder, label_names)
+    if PROXY_SET in probs:
+        m = evaluate_decoded(data.proxy.labels, probs[PROXY_SET], report.decoder, label_names)
         out[PROXY_SET] = {"macro_f1": m["macro_f1"], "per_label_f1": _per_label(m),
                           "note": "the proxy corpus' texts may have been transfer texts (labels unused)"}
     return out
@@ -371,11 +540,15 @@ def folder_bytes(path: Path) -> int:
 def distill_summary(result: dict) -> str:
     """Teacher and student side by side: macro-F1 per set, speed and size."""
     teacher, student = result["teacher"], result["student"]
-    rows = [("", "teacher (" + teacher["model"] + ")", "student")]
+    kept = [m for m in student.get("members", []) if m != STUDENT_MEMBER]
+    rows = [("", "teacher (" + teacher["model"] + ")", "student" + "".join(" + " + m for m in kept))]
     for key in ("test", "ood_proxy"):
         if key in teacher or key in student:
             rows.append((f"{key} macro-F1", _fmt((teacher.get(key) or {}).get("macro_f1")),
                          _fmt((student.get(key) or {}).get("macro_f1"))))
+    if "network_alone" in student:
+        rows.append(("test macro-F1, its network alone", "", _fmt((student["network_alone"].get("test") or {})
+                                                                  .get("macro_f1"))))
     speed = result.get("speed") or {}
     rows.append(("texts/s", _fmt(speed.get("teacher_texts_per_s"), 1), _fmt(speed.get("student_texts_per_s"), 1)))
     size = result.get("size_bytes") or {}

@@ -486,6 +486,15 @@ class DistillConfig(SettingsGroup):
             "multiemotions-it (the proxy corpus), xed-it (6,550 Italian subtitle lines), xed-en (27,202 English "
             "lines). The teacher's export predicts those the run did not; a corpus the teacher trained on is "
             "skipped, and texts equal to a test, out-of-domain or training text are dropped.")})
+    keep_members: list[str] = field(default_factory=list, metadata={"help": (
+        "Members of the run without a network (tfidf, lexicon) kept beside the student in its export: the "
+        "teacher's weighted average (chosen on out-of-fold rows) with the student in place of its network "
+        "members, the same weights. Cheap to run; the held-out tenth calibrates the mix. Empty: the student "
+        "alone.")})
+    reuse_student: bool = field(default=False, metadata={"help": (
+        "Reload the student network an earlier distill of this run saved (its settings must be the same) and "
+        "redo only its calibration, export, scores and timing: e.g. to add --keep-members without training "
+        "again.")})
     student_model: str = field(default="", metadata={"help": (
         "The student's encoder (a folder or Hub id); empty: the run's --model.")})
     student_layers: int = field(default=0, metadata={"min": 0, "off": "0 = all", "help": (

@@ -887,10 +887,15 @@ def section_student(run: RunData) -> str:
     def f1(m: dict, key: str) -> Any:
         return (m.get(key) or {}).get("macro_f1")
 
+    kept = [m for m in student.get("members", []) if m != "transformer"]
+    name = "student" + "".join(" + " + m for m in kept)
     rows = [[f"teacher ({teacher['model']})", f1(teacher, "test"), f1(teacher, "ood_proxy"),
              speed.get("teacher_texts_per_s"), round(size.get("teacher", 0) / 1e6, 1)],
-            ["student", f1(student, "test"), f1(student, "ood_proxy"), speed.get("student_texts_per_s"),
+            [name, f1(student, "test"), f1(student, "ood_proxy"), speed.get("student_texts_per_s"),
              round(size.get("student", 0) / 1e6, 1)]]
+    if "network_alone" in student:  # the same network without the kept members (not timed apart)
+        alone = student["network_alone"]
+        rows.append(["student network alone", f1(alone, "test"), f1(alone, "ood_proxy"), None, None])
     header = ["model", "test macro-F1", "OOD proxy macro-F1", f"texts/s ({speed.get('texts', 0)} test texts)",
               "size (MB)"]
     targets = d.get("targets") or {}
@@ -907,7 +912,7 @@ def section_student(run: RunData) -> str:
         ax = fig.subplots()
         x = np.arange(len(labels))
         ax.bar(x - 0.2, [t_lab[lab] for lab in labels], 0.4, label=f"teacher ({teacher['model']})")
-        ax.bar(x + 0.2, [s_lab[lab] for lab in labels], 0.4, label="student")
+        ax.bar(x + 0.2, [s_lab[lab] for lab in labels], 0.4, label=name)
         ax.set_xticks(x, labels, rotation=30, ha="right")
         ax.set_ylabel("test F1")
         ax.legend()

@@ -189,8 +189,11 @@ def _student_rows(run_dir: Path, config: dict) -> list[dict[str, Any]]:
     d = _read_json(path)
     student, speed = d.get("student") or {}, d.get("speed") or {}
     train = (d.get("settings") or {}).get("train") or {}
-    row: dict[str, Any] = {"run": run_dir.name, "model": "student", "members": "transformer",
-                           "combiner": f"distilled from {(d.get('teacher') or {}).get('model')}",
+    members = student.get("members") or ["transformer"]  # the student's network and the members kept beside it
+    kept = [m for m in members if m != "transformer"]
+    row: dict[str, Any] = {"run": run_dir.name, "model": "student", "members": " ".join(members),
+                           "combiner": f"distilled from {(d.get('teacher') or {}).get('model')}"
+                                       + "".join(" + " + m for m in kept),
                            "model_name": train.get("model"), "selection": "split",
                            "calibration": ((student.get("calibration") or {}).get("chosen")),
                            "val_macro_f1": (student.get("held_out") or {}).get("macro_f1"),
