@@ -336,6 +336,11 @@ def test_a_student_with_the_cheap_members_beside_it_exports_and_reloads(distille
     assert main(["-q", "distill", str(run), "--data", str(emit_folder), "--gold-weight", "0.9",
                  "--student-layers", "1", "--reuse-student"]) != 0
     assert "gold_weight: 0.3 then, 0.9 now" in capsys.readouterr().err and not (run / STUDENT_EXPORT).exists()
+    shutil.move(run / "members" / "lexicon", tmp_path / "lexicon")  # a run folder copied without its members
+    assert main(["-q", "distill", str(run), "--data", str(emit_folder), *STUDENT, "--keep-members", "tfidf",
+                 "lexicon", "--reuse-student"]) != 0
+    assert "no fold models of lexicon under members/lexicon" in capsys.readouterr().err
+    shutil.move(tmp_path / "lexicon", run / "members" / "lexicon")
     assert main(["-q", "distill", str(run), "--data", str(emit_folder), *STUDENT, "--speed-texts", "8",
                  "--keep-members", "tfidf", "lexicon", "--reuse-student"]) == 0
     before = json.loads((distilled / RESULT_FILE).read_text())

@@ -147,6 +147,18 @@ def student_combination(run: Path, keep: Sequence[str]) -> tuple[list[str], dict
     return names, {"kind": "average", "space": combiner.get("space", "prob"), "weights": [w / total for w in weights]}
 
 
+def kept_folders(run: Path, kept: Sequence[str]) -> dict[str, list[Path]]:
+    """Each kept member's fold models as the run saved them (``members/<name>/fold-<i>``)."""
+    out = {}
+    for name in kept:
+        out[name] = sorted((f for f in (run / "members" / name).glob("fold-*") if (f / FOLD_FILE).is_file()),
+                           key=lambda f: int(f.name.split("-")[1]))
+        if not out[name]:
+            raise RunFolderError(f"{run}: no fold models of {name} under members/{name} (a run folder copied "
+                                 "without members/?): --keep-members exports them")
+    return out
+
+
 class StudentMix:
     """The student's probabilities combined with those the run's kept members made of the same
     texts (``predictions.npz``: out-of-fold for training rows, the fold models' mean for a
@@ -283,6 +295,9 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
     tr, va = stratified_split(gold, dcfg.val_fraction, seed, source=data.train.source)
     train_cfg = _student_train_config(cfgs[TrainConfig], dcfg)
     work = run / WORK_DIR
+    names, combiner = student_combination(run, dcfg.keep_members)  # checked before the student trains
+    mix = StudentMix(run, names, combiner, n)
+    kept = kept_folders(run, mix.kept)
     if dcfg.reuse_student:
         member, before = _reused_student(run, dcfg, train_cfg, seed)
         trained = {k: before[k] for k in ("targets", "train_seconds", "fit")}
@@ -291,13 +306,11 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
                                          tr, va, work, cfgs[DataConfig].extra_data_dir)
     held = member.predict_proba([train.texts[i] for i in va])
     cal = cfgs[CalibrationConfig]
-    names, combiner = student_combination(run, dcfg.keep_members)
-    mix = StudentMix(run, names, combiner, n)
     held_mix = mix(held, TRAIN_SET, va)
     report = calibrate(gold[va], held_mix, label_names, cal.thresholds, cal.structure, cal.repeats)
 
     folder = _student_folder(work) if dcfg.reuse_student else _save_student(member, work)
-    export = _export_student(run, data, cfgs, report, folder, names, combiner)
+    export = _export_student(run, data, cfgs, report, folder, names, combiner, kept)
     network = _network_predictions(member, data, cleaner, markers)
     mixed = {name: mix(p, name) for name, p in network.items() if mix.has(name)}
     scores = _student_scores(data, report, gold[va], held_mix, mixed, label_names, work)
@@ -430,7 +443,7 @@ def _save_student(member, work: Path) -> Path:
 
 
 def _export_student(run: Path, data: EmitData, cfgs: dict, report, folder: Path, names: list[str],
-                    combiner: dict[str, Any]) -> dict[str, Any]:
+                    combiner: dict[str, Any], kept: dict[str, list[Path]]) -> dict[str, Any]:
     from emitlab.export import read_meta, write_export
 
     teacher_meta = read_meta(run / "model") if (run / "model").is_dir() else {}
@@ -447,11 +460,7 @@ def _export_student(run: Path, data: EmitData, cfgs: dict, report, folder: Path,
     }
     if "domain_marker" in teacher_meta:
         meta["domain_marker"] = teacher_meta["domain_marker"]
-    folders = {}
-    for name in names:  # a kept member's fold models as the run saved them (those its export holds)
-        kept = sorted((f for f in (run / "members" / name).glob("fold-*") if (f / FOLD_FILE).is_file()),
-                      key=lambda f: int(f.name.split("-")[1]))
-        folders[name] = [folder] if name == STUDENT_MEMBER else kept
+    folders = {name: [folder] if name == STUDENT_MEMBER else kept[name] for name in names}
     path = write_export(run / STUDENT_EXPORT, meta, folders)
     return {"path": str(path), "zip": str(path.with_name(path.name + ".zip"))}
 
