@@ -15,8 +15,8 @@ from emitlab.cli import main
 from emitlab.distill import RESULT_FILE, STUDENT_EXPORT, soft_targets, teacher_predictions
 
 FAST = ["--speed-texts", "16"]
-#: The student of the ``distilled`` fixture (one of the tiny teacher encoder's two layers).
-STUDENT = ["--gold-weight", "0.3", "--student-layers", "1"]
+#: The student of the ``distilled`` fixture (one of the tiny teacher encoder's two layers), the network alone.
+STUDENT = ["--gold-weight", "0.3", "--student-layers", "1", "--keep-members", "none"]
 
 
 @pytest.fixture(scope="module")
@@ -292,8 +292,15 @@ def test_keep_members_puts_the_student_in_the_place_of_the_teachers_networks(tmp
     assert names == ["tfidf", "transformer"] and comb["weights"] == pytest.approx([0.4, 0.6])
     with pytest.raises(RunFolderError, match="without a network"):
         student_combination(run, ["transformer"])
+    no_network = _fake_run(tmp_path / "c", "average_prob", [0.7, 0.3, 0.0])
     with pytest.raises(RunFolderError, match="no weight"):
-        student_combination(_fake_run(tmp_path / "c", "average_prob", [0.7, 0.3, 0.0]), ["tfidf"])
+        student_combination(no_network, ["tfidf"])
+    # auto (the default): every member without a network; the student alone where there is nothing to keep
+    assert student_combination(run, ["auto"])[0] == ["tfidf", "lexicon", "transformer"]
+    assert student_combination(no_network, ["auto"])[0] == ["transformer"]
+    assert student_combination(_fake_run(tmp_path / "d", "transformer", [1.0], members=("transformer",)),
+                               ["auto"])[0] == ["transformer"]
+    assert student_combination(run, ["none"])[0] == ["transformer"]
 
 
 def test_the_mix_reads_only_out_of_fold_predictions_of_training_texts(tmp_path):
@@ -341,8 +348,8 @@ def test_a_student_with_the_cheap_members_beside_it_exports_and_reloads(distille
                  "lexicon", "--reuse-student"]) != 0
     assert "no fold models of lexicon under members/lexicon" in capsys.readouterr().err
     shutil.move(tmp_path / "lexicon", run / "members" / "lexicon")
-    assert main(["-q", "distill", str(run), "--data", str(emit_folder), *STUDENT, "--speed-texts", "8",
-                 "--keep-members", "tfidf", "lexicon", "--reuse-student"]) == 0
+    assert main(["-q", "distill", str(run), "--data", str(emit_folder), *STUDENT[:-2], "--speed-texts", "8",
+                 "--reuse-student"]) == 0  # --keep-members auto: both members the teacher's average weighs
     before = json.loads((distilled / RESULT_FILE).read_text())
     result = json.loads((run / RESULT_FILE).read_text())
     assert result["reused_student"] and result["fit"] == before["fit"] and result["targets"] == before["targets"]

@@ -13,7 +13,10 @@ targets that no text's own model made:
 
 Like ``emitlab train``, a stratified ``--val-fraction`` of the training texts is held out: it
 chooses the student's best epoch and calibrates its thresholds and decoding rules (its gold
-labels; the test file chooses nothing). The student is exported as an ordinary emitlab model,
+labels; the test file chooses nothing). With ``--keep-members`` (default ``auto``) the run's members
+without a network (TF-IDF, lexicon: cheap to run) stay beside the student in its export, in the
+teacher's weighted average with the student in place of the teacher's networks; the held-out tenth
+calibrates that mix, and the network alone is scored beside it. The student is exported as an ordinary emitlab model,
 ``RUN_DIR/student`` and ``student.zip`` beside ``model/``, so ``predict``, ``serve`` and Ray
 load it like any export; ``distill.json`` holds teacher and student side by side (macro-F1 per set
 and per label, texts/s measured in one process, sizes), which the report and ``compare`` show.
@@ -110,12 +113,17 @@ def student_combination(run: Path, keep: Sequence[str]) -> tuple[list[str], dict
     network) stay beside the student: the teacher's weighted average (its chosen model, else the
     run's ``average_prob`` candidate; both chosen on out-of-fold rows) with its network members'
     weights summed onto the student, the kept members at their weights, any other member dropped,
-    the weights renormalised. Nothing kept: the student alone."""
+    the weights renormalised. ``none`` (or nothing): the student alone; ``auto``: every member
+    without a network, or the student alone where the teacher has no such average to keep."""
     alone = {"kind": "average", "space": "prob", "weights": [1.0]}
+    keep = [m for m in keep if m != "none"]
     if not keep:
         return [STUDENT_MEMBER], alone
     metrics = json.loads((Path(run) / "metrics.json").read_text(encoding="utf-8"))
     members = list(metrics.get("members", {}))
+    auto = "auto" in keep
+    if auto:
+        keep = [m for m in members if not network_members([m])]
     wrong = [m for m in keep if m not in members or network_members([m])]
     if wrong:
         raise RunFolderError(f"{run}: --keep-members {' '.join(wrong)}: not a member of the run without a network "
@@ -126,6 +134,11 @@ def student_combination(run: Path, keep: Sequence[str]) -> tuple[list[str], dict
         return c if c.get("kind") == "average" and len(c.get("weights") or []) == len(members) else None
 
     combiner = average(metrics["best_model"]) or average("average_prob")
+    if auto and (combiner is None or not keep or
+                 sum(w for m, w in zip(members, combiner["weights"]) if network_members([m])) <= 0):
+        log.info("--keep-members auto: the student alone (the teacher has no weighted average giving its "
+                 "networks and other members weight)")
+        return [STUDENT_MEMBER], alone
     if combiner is None:
         raise RunFolderError(f"{run}: no weighted average of its members among its candidates: --keep-members "
                              "has no weights to keep")
@@ -142,7 +155,7 @@ def student_combination(run: Path, keep: Sequence[str]) -> tuple[list[str], dict
             weights.append(float(w))
     if STUDENT_MEMBER not in names or weights[names.index(STUDENT_MEMBER)] <= 0:
         raise RunFolderError(f"{run}: the teacher's average gives its networks no weight: the student would "
-                             "stand in for nothing (distill without --keep-members)")
+                             "stand in for nothing (distill with --keep-members none)")
     total = sum(weights)
     return names, {"kind": "average", "space": combiner.get("space", "prob"), "weights": [w / total for w in weights]}
 
@@ -155,7 +168,7 @@ def kept_folders(run: Path, kept: Sequence[str]) -> dict[str, list[Path]]:
                            key=lambda f: int(f.name.split("-")[1]))
         if not out[name]:
             raise RunFolderError(f"{run}: no fold models of {name} under members/{name} (a run folder copied "
-                                 "without members/?): --keep-members exports them")
+                                 "without members/?): --keep-members exports them (none: the student alone)")
     return out
 
 
