@@ -321,6 +321,8 @@ def test_the_mix_reads_only_out_of_fold_predictions_of_training_texts(tmp_path):
     assert mix.has("test") and not mix.has("ood")
     with pytest.raises(RunFolderError, match="1 held-out training texts"):
         mix(student, "train", np.array([3, 4]))  # row 3 has no out-of-fold prediction
+    assert mix.missing(np.array([3, 4, 6])) == 2 and mix.missing(np.array([0, 7])) == 0  # distill checks first
+    assert StudentMix(run, ["transformer"], {}, 8).missing(np.array([3])) == 0  # nothing kept: nothing missing
 
 
 def test_a_student_with_the_cheap_members_beside_it_exports_and_reloads(distilled, emit_folder, tmp_path, capsys):

@@ -16,9 +16,9 @@ chooses the student's best epoch and calibrates its thresholds and decoding rule
 labels; the test file chooses nothing). With ``--keep-members`` (default ``auto``) the run's members
 without a network (TF-IDF, lexicon: cheap to run) stay beside the student in its export, in the
 teacher's weighted average with the student in place of the teacher's networks; the held-out tenth
-calibrates that mix, and the network alone is scored beside it. The student is exported as an ordinary emitlab model,
-``RUN_DIR/student`` and ``student.zip`` beside ``model/``, so ``predict``, ``serve`` and Ray
-load it like any export; ``distill.json`` holds teacher and student side by side (macro-F1 per set
+calibrates that mix, and the network alone is scored beside it. The student is exported as an
+ordinary emitlab model, ``RUN_DIR/student`` and ``student.zip`` beside ``model/``, so ``predict``,
+``serve`` and Ray load it like any export; ``distill.json`` holds teacher and student side by side (macro-F1 per set
 and per label, texts/s measured in one process, sizes), which the report and ``compare`` show.
 """
 
@@ -194,6 +194,11 @@ class StudentMix:
                 self.arrays[m].update({k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)
                                        and k != prefix + "validation"})
 
+    def missing(self, rows: np.ndarray) -> int:
+        """How many of the training ``rows`` lack a kept member's out-of-fold prediction."""
+        gaps = [np.isnan(self.arrays[m][TRAIN_SET][rows, 0]) for m in self.kept]
+        return int(np.logical_or.reduce(gaps).sum()) if gaps else 0
+
     def has(self, set_name: str) -> bool:
         return all(set_name in self.arrays[m] for m in self.kept)
 
@@ -310,6 +315,13 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
     work = run / WORK_DIR
     names, combiner = student_combination(run, dcfg.keep_members)  # checked before the student trains
     mix = StudentMix(run, names, combiner, n)
+    if mix.missing(va):  # a 90/10 run predicted only its held tenth: nothing to calibrate the mix on
+        if "auto" not in dcfg.keep_members:
+            raise RunFolderError(f"{run}: its members have no out-of-fold prediction of {mix.missing(va)} of the "
+                                 "student's held-out texts (a 90/10 run?): --keep-members needs a cross-fitted run")
+        log.info("--keep-members auto: the student alone (the run is not cross-fitted)")
+        names, combiner = student_combination(run, ["none"])
+        mix = StudentMix(run, names, combiner, n)
     kept = kept_folders(run, mix.kept)
     if dcfg.reuse_student:
         member, before = _reused_student(run, dcfg, train_cfg, seed)
