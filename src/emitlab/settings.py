@@ -486,7 +486,7 @@ class DistillConfig(SettingsGroup):
             "multiemotions-it (the proxy corpus), xed-it (6,550 Italian subtitle lines), xed-en (27,202 English "
             "lines). The teacher's export predicts those the run did not; a corpus the teacher trained on is "
             "skipped, and texts equal to a test, out-of-domain or training text are dropped.")})
-    keep_members: list[str] = field(default_factory=lambda: ["auto"], metadata={"help": (
+    keep_members: list[str] = field(default_factory=lambda: ["auto"], metadata={"metavar": "MEMBER", "help": (
         "Members of the run without a network kept beside the student in its export: the teacher's weighted "
         "average (chosen on out-of-fold rows) with the student in place of its network members, the same "
         "weights; the held-out tenth calibrates the mix. auto (default): every such member the teacher's "

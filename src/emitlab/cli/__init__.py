@@ -309,8 +309,10 @@ def _add_distill_command(sub: argparse._SubParsersAction) -> None:
                        description="Train a student on RUN_DIR's ensemble: its targets are gold labels mixed with "
                                    "the teacher's out-of-fold probabilities (no text's target comes from a model "
                                    "that saw it), plus unlabelled transfer texts with the teacher's zero-shot "
-                                   "probabilities. A held-out tenth chooses its epoch and calibrates it; the test "
-                                   "file chooses nothing. Writes RUN_DIR/student (+ .zip) and distill.json.",
+                                   "probabilities. A held-out tenth chooses its epoch and calibrates it (with the "
+                                   "run's TF-IDF and lexicon members beside it at the teacher's weights: "
+                                   "--keep-members); the test file chooses nothing. Writes RUN_DIR/student (+ .zip) "
+                                   "and distill.json.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="A finished run folder of `emitlab run` (cross-fitted).")
     p.add_argument("--data", default=None,
