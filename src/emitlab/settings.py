@@ -465,8 +465,9 @@ class RunConfig(SettingsGroup):
     report: bool = field(default=True, metadata={"help": "Write report.html into the run folder."})
     distill: bool = field(default=False, metadata={"help": (
         "After the run, train its distilled student (`emitlab distill` with its defaults): one network for "
-        "serving, exported as student/ beside model/. Off in every profile: on 2 CPU cores it adds about 35 minutes "
-        "(benchmarks/results/distill_task-*.json) to a full run's 47-57, beyond the 60-minute budget.")})
+        "serving, with the run's TF-IDF and lexicon beside it, exported as student/ beside model/. Off in every "
+        "profile: on 2 CPU cores it adds about 35 minutes (benchmarks/results/distill_task-*.json) to a full run's "
+        "47-57, beyond the 60-minute budget.")})
 
 
 @dataclass
