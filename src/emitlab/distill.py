@@ -315,9 +315,10 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
     work = run / WORK_DIR
     names, combiner = student_combination(run, dcfg.keep_members)  # checked before the student trains
     mix = StudentMix(run, names, combiner, n)
-    if mix.missing(va):  # a 90/10 run predicted only its held tenth: nothing to calibrate the mix on
+    missing = mix.missing(va)
+    if missing:  # a 90/10 run predicted only its held tenth: nothing to calibrate the mix on
         if "auto" not in dcfg.keep_members:
-            raise RunFolderError(f"{run}: its members have no out-of-fold prediction of {mix.missing(va)} of the "
+            raise RunFolderError(f"{run}: its members have no out-of-fold prediction of {missing} of the "
                                  "student's held-out texts (a 90/10 run?): --keep-members needs a cross-fitted run")
         log.info("--keep-members auto: the student alone (the run is not cross-fitted)")
         names, combiner = student_combination(run, ["none"])
