@@ -170,3 +170,27 @@ def test_every_damaged_member_file_ends_in_one_line_naming_it(tiny_ensemble_expo
     # the files loading never reads are the tokenizer's extras, none of the weights or arrays
     assert not [f for f in unread if f.endswith((".safetensors", ".npy", "network.json", "fold.json",
                                                    "tokenizer.json"))], unread
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled inside"])
+def test_a_large_tokenizer_file_is_checked_cheaply_and_still_named(tiny_ensemble_export, tmp_path, capsys,
+                                                                    monkeypatch, damage):
+    """A tokenizer.json over the full-parse size (XLM-R's is 17 MB) gets the quick check (UTF-8, outer
+    braces) instead of a Python JSON parse; a cut one is named by that check, one damaged inside by the
+    tokenizer's loader, each in one line naming the file."""
+    from emitlab.members.transformer import member as transformer_member
+
+    monkeypatch.setattr(transformer_member, "FULL_PARSE_BYTES", 0)  # the tiny file takes the large-file path
+    export_copy = tmp_path / "model"
+    shutil.copytree(tiny_ensemble_export, export_copy)
+    assert main(["predict", "--model", str(export_copy), "ciao"]) == 0  # an intact file passes the quick check
+    capsys.readouterr()
+    path = sorted(export_copy.rglob("tokenizer.json"))[0]  # the first fold loaded: no weights load before it
+    text = path.read_text(encoding="utf-8")
+    if damage == "truncated":
+        path.write_text(text[: len(text) // 2], encoding="utf-8")
+        _expect_one_line(capsys, export_copy, str(path), "not valid JSON")
+    else:
+        middle = len(text) // 2
+        path.write_text(text[:middle] + '"]]]not json[[[' + text[middle:], encoding="utf-8")
+        _expect_one_line(capsys, export_copy, str(path), "cannot load the tokenizer")

@@ -58,7 +58,7 @@ def _trainer(model, tmp_path, **kwargs):
     from transformers import TrainingArguments
 
     from emitlab.members.transformer.losses import WeightedBCELoss
-    from emitlab.members.transformer.model import EmotionTrainer
+    from emitlab.members.transformer.training import EmotionTrainer
 
     args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=1e-3, weight_decay=0.01, use_cpu=True,
                              report_to=[], label_names=["labels"])
@@ -113,7 +113,8 @@ def test_layer_decay_learning_rates(tiny_model, tmp_path, pooling):
 def test_layer_decay_places_other_architectures(arch):
     from transformers import DistilBertConfig, DistilBertModel, XLMRobertaConfig, XLMRobertaModel
 
-    from emitlab.members.transformer.model import EmotionModel, layer_lr_scales
+    from emitlab.members.transformer.model import EmotionModel
+    from emitlab.members.transformer.training import layer_lr_scales
 
     if arch == "xlm-roberta":
         encoder = XLMRobertaModel(XLMRobertaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3,
@@ -203,7 +204,7 @@ def test_rdrop_adds_a_non_negative_consistency_term(tiny_model, tmp_path):
 
 
 def test_weight_average_by_hand(tmp_path):
-    from emitlab.members.transformer.model import WeightAverage
+    from emitlab.members.transformer.training import WeightAverage
 
     net = torch.nn.Linear(2, 1)
     net.bias.requires_grad_(False)  # frozen weights are not averaged
@@ -233,7 +234,7 @@ def test_weight_average_at_the_end_of_training(tmp_path):
     average saved in that checkpoint; a best checkpoint without one keeps its raw weights."""
     from types import SimpleNamespace
 
-    from emitlab.members.transformer.model import WeightAverage
+    from emitlab.members.transformer.training import WeightAverage
 
     net = torch.nn.Linear(1, 1, bias=False)
     avg = WeightAverage(0.5)
@@ -318,7 +319,7 @@ def test_weight_average_survives_a_resume(tiny_model, tmp_path):
     import shutil
 
     import emitlab.members.transformer.member as mt
-    from emitlab.members.transformer.model import WeightAverage
+    from emitlab.members.transformer.training import WeightAverage
 
     from synthetic import make_rows
 
@@ -344,7 +345,7 @@ def test_weight_average_with_select_on_eval(tiny_model, tmp_path):
 
     import emitlab.members.transformer.member as mt
     from emitlab.engine.evaluation import macro_f1
-    from emitlab.members.transformer.model import WeightAverage
+    from emitlab.members.transformer.training import WeightAverage
 
     from synthetic import make_rows
 
@@ -380,7 +381,8 @@ def test_every_option_with_select_on_the_device(tiny_model, tmp_path, device):
 
     from emitlab.members.transformer.losses import build_loss
     from emitlab.members.transformer.member import MODEL_INPUTS
-    from emitlab.members.transformer.model import EmotionTrainer, WeightAverage, build_model
+    from emitlab.members.transformer.model import build_model
+    from emitlab.members.transformer.training import EmotionTrainer, WeightAverage
 
     from synthetic import make_rows
 

@@ -23,14 +23,16 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from emitlab.engine.calibration import DEFAULT_THRESHOLD, Decoder, f1_threshold_curves
 from emitlab.errors import RunFolderError
 from emitlab.io import atomic_write_text
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: the CLI parser imports this package
+    from matplotlib.figure import Figure
 
 __all__ = ["write_report", "load_run", "render_report", "section_titles", "SECTIONS"]
 
@@ -220,6 +222,13 @@ def load_run(run_dir: str | Path) -> RunData:
 # ----------------------------------------------------------------------------- html helpers
 
 
+def _figure(**kwargs) -> Figure:
+    """A matplotlib ``Figure`` (no pyplot, no display), imported here rather than with the package."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
 def png_uri(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -265,7 +274,7 @@ def table_html(header: list[str], rows: list[list[Any]], row_classes: list[str] 
 def _grid(k: int, ncols: int = 5, w: float = 2.6, h: float = 2.3) -> tuple[Figure, list]:
     ncols = min(ncols, k)
     nrows = -(-k // ncols)
-    fig = Figure(figsize=(max(w * ncols, 6.0), h * nrows + 0.7), layout="constrained")
+    fig = _figure(figsize=(max(w * ncols, 6.0), h * nrows + 0.7), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[k:]:
         ax.set_visible(False)
@@ -417,7 +426,7 @@ def section_candidates(run: RunData) -> str:
         return note("metrics.json has no nested out-of-fold scores (a schema-1 run folder): no candidate chart.")
     names = [m for m in run.models if m in nested] + [m for m in nested if m not in run.models]
     scores = [nested[m] for m in names]
-    fig = Figure(figsize=(max(6.0, 1.25 * len(names) + 2), 3.9), layout="constrained")
+    fig = _figure(figsize=(max(6.0, 1.25 * len(names) + 2), 3.9), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(names))
     ax.bar(x, scores, 0.62, color=[run.color(m) for m in names], alpha=0.85,
@@ -470,7 +479,7 @@ def section_per_label(run: RunData) -> str:
     sets = [s for s in ("validation", "test") if any(s in run.models[m] for m in run.shown())]
     models = run.shown()
     k = len(run.label_names)
-    fig = Figure(figsize=(max(10.0, 0.35 * k * len(models) + 2), 3.6 * len(sets) + 0.6), layout="constrained")
+    fig = _figure(figsize=(max(10.0, 0.35 * k * len(models) + 2), 3.6 * len(sets) + 0.6), layout="constrained")
     axes = fig.subplots(len(sets), 1, squeeze=False).ravel()
     width = 0.8 / (2 * len(models))
     x = np.arange(k)
@@ -512,7 +521,7 @@ def section_per_label(run: RunData) -> str:
 def _weights_figure(run: RunData, names: list[str]) -> str:
     """Grouped bars: one group per averaging candidate, one bar per member weight."""
     weights = {n: _average_weights(run, n) for n in names}
-    fig = Figure(figsize=(max(5.5, 1.2 * len(names) * len(run.members) + 2), 3.4), layout="constrained")
+    fig = _figure(figsize=(max(5.5, 1.2 * len(names) * len(run.members) + 2), 3.4), layout="constrained")
     ax = fig.subplots()
     m = len(run.members)
     width = 0.8 / m
@@ -548,7 +557,7 @@ def _stacker_figure(run: RunData, name: str) -> str:
     if W.shape != (k, k * len(mem)):
         return note(f"{name}: coefficient matrix of shape {W.shape}, expected {(k, k * len(mem))}: not drawn.")
     own, total = stacker_weights(W, k, len(mem))
-    fig = Figure(figsize=(max(11.0, 2.2 * len(mem) + 7.5), 0.42 * k + 2.2), layout="constrained")
+    fig = _figure(figsize=(max(11.0, 2.2 * len(mem) + 7.5), 0.42 * k + 2.2), layout="constrained")
     ax_h, ax_b = fig.subplots(1, 2, width_ratios=[max(1.0, 0.5 * len(mem)), 1.6])
     vmax = max(float(np.abs(own).max(initial=0.0)), 1e-9)
     im = ax_h.imshow(own, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
@@ -608,7 +617,7 @@ def section_combination(run: RunData) -> str:
             out.append(f"<h3>{esc(run.label(what))}{' (chosen)' if what == run.best else ''}</h3>"
                        + _stacker_figure(run, what))
     if run.ensemble_search.get("weights"):  # schema 1: the weight search of the probability average
-        fig = Figure(figsize=(6, 3), layout="constrained")
+        fig = _figure(figsize=(6, 3), layout="constrained")
         ax = fig.subplots()
         ax.plot(run.ensemble_search["weights"], run.ensemble_search["validation_heldout_macro_f1"], "o-",
                 color=run.color("ensemble"))
@@ -739,7 +748,7 @@ def section_cooccurrence(run: RunData) -> str:
     diff = pred_c - gold_c
     dmax = max(int(np.abs(diff[off]).max(initial=0)), 1)
     k = len(run.label_names)
-    fig = Figure(figsize=(14, max(3.2, 0.32 * k + 1.8)), layout="constrained")
+    fig = _figure(figsize=(14, max(3.2, 0.32 * k + 1.8)), layout="constrained")
     axes = fig.subplots(1, 3)
     im = _heatmap(axes[0], gold_c, run.label_names, "gold", "Blues", 0, vmax)
     _heatmap(axes[1], pred_c, run.label_names, f"predicted by {run.best} (calibrated)", "Blues", 0, vmax)
@@ -797,7 +806,7 @@ def section_training(run: RunData) -> str:
         out.append(table_html(["statistic", "value"], [[k, _plain(v)] for k, v in stats.items()]))
     if not train and not evals:
         return "".join(out) + note("trainer_log.json is missing or empty: no training curves.")
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    fig = _figure(figsize=(13, 3.8), layout="constrained")
     ax_loss, ax_f1 = fig.subplots(1, 2)
     color = run.color("transformer") if "transformer" in run.colors else "C1"
     if train:
@@ -908,7 +917,7 @@ def section_student(run: RunData) -> str:
     t_lab, s_lab = (teacher.get("test") or {}).get("per_label_f1"), (student.get("test") or {}).get("per_label_f1")
     if t_lab and s_lab:
         labels = [lab for lab in run.label_names if lab in t_lab and lab in s_lab]
-        fig = Figure(figsize=(8, 3), layout="constrained")
+        fig = _figure(figsize=(8, 3), layout="constrained")
         ax = fig.subplots()
         x = np.arange(len(labels))
         ax.bar(x - 0.2, [t_lab[lab] for lab in labels], 0.4, label=f"teacher ({teacher['model']})")

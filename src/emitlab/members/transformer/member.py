@@ -97,11 +97,20 @@ def read_network_meta(folder: Path) -> dict:
         raise ModelFormatError(f"{path}: not valid JSON ({exc})") from None
 
 
+#: JSON files larger than this (bytes) get a cheap structural check before loading, not a full parse.
+FULL_PARSE_BYTES = 1_000_000
+
+
 def check_network_files(folder: Path, listed: Sequence[str] | None = None) -> None:
     """Before any loader touches a network folder: every file its spec lists (``listed``; exports
     before the list skip this) is there, every ``.json`` parses and every ``.safetensors`` header
     reads, so that a cut, emptied or deleted file ends in one line naming it, not in a
-    ``SafetensorError`` or a tokenizer's parse error from deep inside the loaders."""
+    ``SafetensorError`` or a tokenizer's parse error from deep inside the loaders.
+
+    A JSON file over :data:`FULL_PARSE_BYTES` (``tokenizer.json``: 17 MB for XLM-R's vocabulary,
+    half a second to parse in Python) is checked for being UTF-8 text with its outer braces: what
+    a cut or emptied file lacks; its loader parses it next, and :func:`load_predictor` names it
+    when that fails."""
     from safetensors import SafetensorError, safe_open
 
     for name in listed or []:
@@ -109,7 +118,12 @@ def check_network_files(folder: Path, listed: Sequence[str] | None = None) -> No
             raise ModelFormatError(f"{folder / str(name)}: missing (the member's spec lists it)")
     for path in sorted(folder.glob("*.json")):
         try:
-            json.loads(path.read_text(encoding="utf-8"))
+            if path.stat().st_size > FULL_PARSE_BYTES:
+                text = path.read_bytes().decode("utf-8").strip()
+                if not (text.startswith("{") and text.endswith("}")):
+                    raise ValueError("it does not end where it began: cut short?")
+            else:
+                json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"{path}: not valid JSON ({_first_line(exc)}); the file is damaged") from None
     for path in sorted(folder.glob("*.safetensors")):
@@ -129,7 +143,11 @@ def load_predictor(folder: Path, backend: str = "torch", device: str | None = No
     cls = backend_class(backend)
     folder = Path(folder)
     meta = read_network_meta(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise ModelFormatError(f"{folder / 'tokenizer.json'}: cannot load the tokenizer ({_first_line(exc)}); "
+                               "the file is damaged") from None
     engine: Backend = cls.load(folder, meta, device)
     model = getattr(engine, "model", None)
     return EncoderPredictor(tokenizer, engine, meta.get("input_prefix", ""), meta.get("max_length", 128)), model
@@ -256,7 +274,7 @@ class TransformerMember:
         from transformers import DataCollatorWithPadding, EarlyStoppingCallback
 
         from emitlab.members.transformer.losses import build_loss
-        from emitlab.members.transformer.model import EmotionTrainer, WeightAverage
+        from emitlab.members.transformer.training import EmotionTrainer, WeightAverage
 
         workdir.mkdir(parents=True, exist_ok=True)
         texts, labels, weights = self._training_rows(rows, cfg)
@@ -398,7 +416,7 @@ class _Rows:
 def _to_dataset(predictor: EncoderPredictor, texts: Sequence[str], labels: np.ndarray | None,
                 weights: np.ndarray | None = None):
     """Token ids, ``labels`` and, with ``weights`` (n, L), the column :data:`LABEL_WEIGHTS` that
-    :class:`~emitlab.members.transformer.model.EmotionTrainer` hands to the loss."""
+    :class:`~emitlab.members.transformer.training.EmotionTrainer` hands to the loss."""
     from datasets import Dataset
 
     from emitlab.members.transformer.model import LABEL_WEIGHTS
