@@ -84,7 +84,8 @@ def free_port() -> int:
 def mode_flags(mode: str, args: argparse.Namespace) -> list[str]:
     if mode == "serialised":
         return ["--no-batching"]
-    return ["--max-batch-texts", str(args.max_batch_texts), "--max-wait-ms", f"{args.max_wait_ms:g}"]
+    flags = ["--max-batch-texts", str(args.max_batch_texts), "--max-wait-ms", f"{args.max_wait_ms:g}"]
+    return flags + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
 
 
 class Server:
@@ -207,6 +208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-texts", type=int, default=64,
                    help="The batched server's --max-batch-texts (default: 64).")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="The batched server's --max-wait-ms (default: 5).")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="The server's --batch-size (texts per forward pass within a model call; default: serve's).")
     p.add_argument("--start-timeout", type=float, default=300.0,
                    help="Seconds to wait for a server to load its model and answer /health (default: 300).")
     p.add_argument("--name", default="serving", help="Result name: NAME.json (default: serving).")
@@ -265,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                "members": {m["name"]: len(m["folds"]) for m in meta["members"]}, "backend": args.backend,
                "texts": source, "requests_per_level": args.requests, "time_limit_s": args.time_limit,
                "warmup": args.warmup,
-               "batched": {"max_batch_texts": args.max_batch_texts, "max_wait_ms": args.max_wait_ms},
+               "batched": {"max_batch_texts": args.max_batch_texts, "max_wait_ms": args.max_wait_ms,
+                           "batch_size": args.batch_size},
                "servers": servers, "results": results, "ratios": ratios,
                "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     path = record.write_result(args.name, payload, args.results_dir)

@@ -393,7 +393,7 @@ def test_concurrent_clients_each_get_their_own_rows_from_shared_batches():
     owners = [{t.split(" testo ")[0] for t in call} for call in fake.calls]
     assert max(len(o) for o in owners) > 1, fake.calls  # batches of several requests happened
     assert len(fake.calls) < len(requests)
-    assert health["batching"] == {"max_batch_texts": 16, "max_wait_ms": 5.0, "queue_depth": 0,
+    assert health["batching"] == {"max_batch_texts": 16, "max_wait_ms": 5.0, "batch_size": 8, "queue_depth": 0,
                                   "batches_run": len(fake.calls)}
     assert health["requests_served"] == 50
 

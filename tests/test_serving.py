@@ -97,6 +97,34 @@ def test_labels_and_health(client, classifier, export_dir):
     assert h.json()["model"] == body["model"]
 
 
+def test_forward_passes_default_to_8_texts_on_cpu_and_32_on_an_accelerator(client, classifier, export_dir):
+    """Inside one model call the transformer members sort the texts by length and run passes of
+    ``batch_size``: 8 on CPU (less padding), 32 when a member runs on CUDA/MPS; the health page says which,
+    and the answers do not depend on it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from emitlab.serving.app import default_batch_size
+
+    assert has_transformer(export_dir) and classifier.transformer_folds
+    assert default_batch_size(classifier) == 8
+    assert client.get("/health").json()["batching"]["batch_size"] == 8
+    on_gpu = SimpleNamespace(transformer_folds=[SimpleNamespace(predictor=SimpleNamespace(
+        engine=SimpleNamespace(device=torch.device("cuda", 0))))])
+    assert default_batch_size(on_gpu) == 32
+    assert default_batch_size(SimpleNamespace(transformer_folds=[])) == 8
+    texts = ["che paura terrore", "amore cuore", "x", "rabbia furioso oggi, che giornata lunga e piena di cose"]
+    by_size = {}
+    for size in (1, 32):
+        with TestClient(create_app(classifier, max_texts=4, max_chars=60, batch_size=size)) as c:
+            assert c.get("/health").json()["batching"]["batch_size"] == size
+            preds = c.post("/predict", json={"texts": texts}).json()["predictions"]
+            by_size[size] = [p["probabilities"] for p in preds]
+    for a, b in zip(by_size[1], by_size[32]):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
 def test_model_info_names_members_folds_and_combiner(client, classifier, export_dir):
     meta = json.loads((export_dir / "emitlab.json").read_text())
     info = client.get("/health").json()["model"]
@@ -337,6 +365,10 @@ def test_serve_defaults_to_localhost_and_passes_the_body_limit(monkeypatch, caps
     assert (calls["app"]["max_batch_texts"], calls["app"]["max_wait_ms"]) == (64, 5.0)
     out = capsys.readouterr().out
     assert "stacker of tfidf x3, transformer x2" in out and "batches of up to 64 texts, waiting up to 5 ms" in out
+    assert calls["app"]["batch_size"] == 8  # the CPU default
+    calls.clear()
+    args = parser.parse_args(["serve", "--model", "m", "--batch-size", "32"])
+    assert args.func(args) == 0 and calls["app"]["batch_size"] == 32
     calls.clear()
     args = parser.parse_args(["serve", "--model", "m", "--max-batch-texts", "8", "--no-batching"])
     assert args.func(args) == 0

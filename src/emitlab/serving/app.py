@@ -132,6 +132,8 @@ class LabelsResponse(BaseModel):
 class BatchingInfo(BaseModel):
     max_batch_texts: int = Field(description="Most texts per model call (a larger request runs alone).")
     max_wait_ms: float = Field(description="Longest wait for companions after the oldest queued request.")
+    batch_size: int = Field(description="Texts per forward pass of the transformer members within one model "
+                                        "call (the call's texts sorted by length first).")
     queue_depth: int = Field(description="Requests waiting for a batch now.")
     batches_run: int = Field(description="Model calls made so far.")
 
@@ -267,12 +269,13 @@ class _Served:
     limits, the batcher, the metrics and the count of answered ``/predict`` requests."""
 
     def __init__(self, info: ModelInfo, classifier, limits: dict[str, int], batcher: MicroBatcher,
-                 metrics: ServingMetrics):
+                 metrics: ServingMetrics, batch_size: int):
         self.info = info
         self.labels = list(classifier.label_names)
         self.decoder = classifier.decoder
         self.limits = limits  # max_texts, max_chars, max_body_bytes
         self.batcher = batcher
+        self.batch_size = batch_size  # texts per forward pass within a model call
         self.metrics = metrics
         self.started = time.time()
         self.requests_served = 0
@@ -292,6 +295,25 @@ def _checked_limits(max_texts: int, max_chars: int, max_body_bytes: int | None) 
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be at least 1")
     return max_body_bytes
+
+
+#: Texts per forward pass within one model call, by where the transformer members run. A model call
+#: holds whatever requests met in the batcher, unsorted; the predictor sorts them by length and cuts
+#: them into passes, each padded to its own longest text. On a CPU short passes waste less padding
+#: (benchmarks/serving.py --batch-size, README); on an accelerator the padding is nearly free and
+#: fewer, larger passes win.
+CPU_BATCH_SIZE = 8
+ACCELERATOR_BATCH_SIZE = 32
+
+
+def default_batch_size(classifier) -> int:
+    """:data:`ACCELERATOR_BATCH_SIZE` when any transformer member runs off the CPU, else
+    :data:`CPU_BATCH_SIZE` (also for an ensemble without transformer members, which ignores it)."""
+    for fm in getattr(classifier, "transformer_folds", []):
+        device = getattr(getattr(getattr(fm, "predictor", None), "engine", None), "device", None)
+        if device is not None and getattr(device, "type", str(device)) != "cpu":
+            return ACCELERATOR_BATCH_SIZE
+    return CPU_BATCH_SIZE
 
 
 def _build_batcher(classifier, batch_size: int, max_batch_texts: int, max_wait_ms: float,
@@ -441,7 +463,7 @@ def _add_info_routes(app: FastAPI, served: _Served) -> None:
                               uptime_s=round(time.time() - served.started, 1),
                               requests_served=served.requests_served,
                               batching=BatchingInfo(max_batch_texts=batcher.max_batch_texts,
-                                                    max_wait_ms=batcher.max_wait_ms,
+                                                    max_wait_ms=batcher.max_wait_ms, batch_size=served.batch_size,
                                                     queue_depth=batcher.queue_depth, batches_run=batcher.batches_run))
         if batcher.closing:
             return JSONResponse(body.model_dump(mode="json"), 503)
@@ -463,7 +485,7 @@ def _add_page_routes(app: FastAPI, metrics: ServingMetrics) -> None:
 
 
 def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_name: str | None = None,
-               batch_size: int = 32, max_body_bytes: int | None = None, max_batch_texts: int = 64,
+               batch_size: int | None = None, max_body_bytes: int | None = None, max_batch_texts: int = 64,
                max_wait_ms: float = 5.0, drain_timeout_s: float = 60.0):
     """The FastAPI application serving ``classifier`` (an :class:`EmotionClassifier`).
 
@@ -471,9 +493,10 @@ def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_nam
     text in characters (longer: 422 naming the index). ``model_name``: shown in responses.
     ``max_body_bytes``: largest request body (more: 413, before parsing); default
     :func:`default_max_body_bytes`. ``batch_size``: texts per forward pass of the transformer
-    members inside one model call. ``max_batch_texts`` / ``max_wait_ms``: micro-batching (see
-    the module docstring; ``1`` / ``0`` serialise the requests). ``drain_timeout_s``: longest
-    wait at shutdown for the running batch and the queued requests.
+    members inside one model call (default: :func:`default_batch_size`). ``max_batch_texts`` /
+    ``max_wait_ms``: micro-batching (see the module docstring; ``1`` / ``0`` serialise the
+    requests). ``drain_timeout_s``: longest wait at shutdown for the running batch and the queued
+    requests.
 
     ``app.state.batcher`` is the :class:`~emitlab.serving.batching.MicroBatcher` and
     ``app.state.metrics`` the :class:`~emitlab.serving.metrics.ServingMetrics`.
@@ -481,12 +504,14 @@ def create_app(classifier, max_texts: int = 64, max_chars: int = 2000, model_nam
     max_body_bytes = _checked_limits(max_texts, max_chars, max_body_bytes)
     info = _model_info(classifier, model_name)
     metrics = ServingMetrics()
+    batch_size = int(batch_size or default_batch_size(classifier))
     batcher = _build_batcher(classifier, batch_size, max_batch_texts, max_wait_ms, metrics)
     served = _Served(info, classifier, {"max_texts": max_texts, "max_chars": max_chars,
-                                        "max_body_bytes": max_body_bytes}, batcher, metrics)
+                                        "max_body_bytes": max_body_bytes}, batcher, metrics, batch_size)
     app = _new_app(served.labels, _lifespan(batcher, drain_timeout_s))
     app.state.classifier = classifier
     app.state.batcher = batcher
+    app.state.batch_size = batch_size
     app.state.metrics = metrics
     _add_middleware(app, metrics, max_body_bytes)
     _add_predict_route(app, served, _predict_request_model(max_texts, max_chars))

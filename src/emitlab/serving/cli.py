@@ -58,8 +58,10 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=_positive_int, default=None,
                    help="Largest request body in bytes; bigger bodies get 413 before parsing (default: the largest "
                         "valid request, max-texts x (12 x max-chars + 64), at least 64 KiB: about 1.5 MiB).")
-    p.add_argument("--batch-size", type=_positive_int, default=32,
-                   help="Texts per forward pass of the transformer members within one model call (default: 32).")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="Texts per forward pass of the transformer members within one model call; the call's "
+                        "texts are sorted by length first, each pass padded to its own longest text (default: 8 "
+                        "on CPU, where short passes waste less padding; 32 on CUDA/MPS).")
     p.add_argument("--max-batch-texts", type=_positive_int, default=64,
                    help="Micro-batching: concurrent requests are merged into one model call of at most this many "
                         "texts (whole requests, first come first served; a larger request runs alone, unsplit) "
@@ -91,16 +93,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from emitlab.serving.app import create_app, load_classifier
+    from emitlab.serving.app import create_app, default_batch_size, load_classifier
 
     clf = load_classifier(args.model, backend=args.backend, device=args.device)
     name = Path(args.model).name
     max_batch_texts, max_wait_ms = (1, 0.0) if args.no_batching else (args.max_batch_texts, args.max_wait_ms)
+    batch_size = args.batch_size or default_batch_size(clf)
     app = create_app(clf, max_texts=args.max_texts, max_chars=args.max_chars, model_name=name,
-                     batch_size=args.batch_size, max_body_bytes=args.max_body_bytes,
+                     batch_size=batch_size, max_body_bytes=args.max_body_bytes,
                      max_batch_texts=max_batch_texts, max_wait_ms=max_wait_ms)
     batching = ("no batching" if max_batch_texts == 1 else
                 f"batches of up to {max_batch_texts} texts, waiting up to {max_wait_ms:g} ms")
+    if getattr(clf, "transformer_folds", None):
+        batching += f"; forward passes of {batch_size} texts"
     print(f"emitlab serve: {name} ({describe(clf)}; {len(clf.label_names)} labels, backend {args.backend}; "
           f"{batching}) on http://{args.host}:{args.port}/  (API docs: /docs, metrics: /metrics)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
