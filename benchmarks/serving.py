@@ -6,7 +6,8 @@
 
 For each mode -- ``serialised`` (``--no-batching``: one model call per request, one at a time,
 what the server did before micro-batching) and ``batched`` (``--max-batch-texts``,
-``--max-wait-ms``) -- one ``emitlab serve`` process runs on loopback (one at a time, so they
+``--max-wait-ms``; with ``--batch-sizes 32,8``, one batched server per forward-pass size:
+``batched-32`` and ``batched-8``) -- one ``emitlab serve`` process runs on loopback (one at a time, so they
 never compete), and for each concurrency level (``--concurrency``, default 1, 10 and 50)
 that many asyncio clients (httpx, one connection each) send ``POST /predict`` with ONE text per
 request, back to back, until ``--requests`` requests have been sent -- or ``--time-limit``
@@ -85,7 +86,8 @@ def mode_flags(mode: str, args: argparse.Namespace) -> list[str]:
     if mode == "serialised":
         return ["--no-batching"]
     flags = ["--max-batch-texts", str(args.max_batch_texts), "--max-wait-ms", f"{args.max_wait_ms:g}"]
-    return flags + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
+    size = mode.split("-", 1)[1] if mode.startswith("batched-") else None  # batched-<forward pass size>
+    return flags + (["--batch-size", size] if size else [])
 
 
 class Server:
@@ -208,8 +210,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-texts", type=int, default=64,
                    help="The batched server's --max-batch-texts (default: 64).")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="The batched server's --max-wait-ms (default: 5).")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="The server's --batch-size (texts per forward pass within a model call; default: serve's).")
+    p.add_argument("--batch-sizes", default="",
+                   help="Comma-separated values of the batched server's --batch-size (texts per forward pass "
+                        "within a model call), each its own batched server in this run, e.g. 32,8 (default: "
+                        "serve's own default, one batched server).")
     p.add_argument("--start-timeout", type=float, default=300.0,
                    help="Seconds to wait for a server to load its model and answer /health (default: 300).")
     p.add_argument("--name", default="serving", help="Result name: NAME.json (default: serving).")
@@ -230,6 +234,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--requests must be at least 1, --time-limit above 0 and --warmup at least 0")
     if args.max_batch_texts < 1 or args.max_wait_ms < 0:
         p.error("--max-batch-texts must be at least 1 and --max-wait-ms at least 0")
+    try:
+        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        p.error(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}")
+    if sizes and min(sizes) < 1:
+        p.error("--batch-sizes: every size must be at least 1")
+    if sizes and "batched" in args.modes:  # one batched server per forward-pass size: batched-<size>
+        i = args.modes.index("batched")
+        args.modes[i:i + 1] = [f"batched-{b}" for b in sizes]
     return args
 
 
@@ -264,12 +277,18 @@ def main(argv: list[str] | None = None) -> int:
             ratios[str(clients)] = {
                 "requests_per_s_batched_over_serialised": round(b["requests_per_s"] / s["requests_per_s"], 2),
                 "p95_serialised_over_batched": round(s["p95_ms"] / b["p95_ms"], 2)}
+        sized = [m for m in args.modes if m.startswith("batched-") and by.get((m, clients))]
+        first = by[(sized[0], clients)] if sized else None
+        for m in sized[1:]:  # each forward-pass size against the first one named
+            if first["requests_per_s"]:
+                ratios.setdefault(str(clients), {})[f"requests_per_s_{m}_over_{sized[0]}"] = round(
+                    by[(m, clients)]["requests_per_s"] / first["requests_per_s"], 2)
     payload = {"model": str(args.model), "model_kind": meta.get("model_kind"),
                "members": {m["name"]: len(m["folds"]) for m in meta["members"]}, "backend": args.backend,
                "texts": source, "requests_per_level": args.requests, "time_limit_s": args.time_limit,
                "warmup": args.warmup,
                "batched": {"max_batch_texts": args.max_batch_texts, "max_wait_ms": args.max_wait_ms,
-                           "batch_size": args.batch_size},
+                           "batch_sizes": args.batch_sizes or None},
                "servers": servers, "results": results, "ratios": ratios,
                "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     path = record.write_result(args.name, payload, args.results_dir)
