@@ -300,7 +300,7 @@ def _checked_limits(max_texts: int, max_chars: int, max_body_bytes: int | None) 
 #: Texts per forward pass within one model call, by where the transformer members run. A model call
 #: holds whatever requests met in the batcher, unsorted; the predictor sorts them by length and cuts
 #: them into passes, each padded to its own longest text. On a CPU short passes waste less padding
-#: (benchmarks/serving.py --batch-size, README); on an accelerator the padding is nearly free and
+#: (benchmarks/serving.py --batch-sizes, README); on an accelerator the padding is nearly free and
 #: fewer, larger passes win.
 CPU_BATCH_SIZE = 8
 ACCELERATOR_BATCH_SIZE = 32
