@@ -387,3 +387,20 @@ def test_killed_job_resumes_without_loss_or_duplicates(model, big_input, referen
     assert got["id"].tolist() == ids
     assert_same_predictions(got, reference)
     assert json.loads(progress_path(out).read_text())["complete"]
+
+
+def test_quiet_predict_draws_no_hugging_face_progress_bar(tiny_ensemble_export, tmp_path, capsys):
+    """``-q``: only warnings and results, so not transformers' "Loading weights" bar for each network; the
+    bars' switches are as they were afterwards (main() can run again in the same process)."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    before = (are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled())
+    out = tmp_path / "out.jsonl"
+    assert main(["-q", "predict", "--model", str(tiny_ensemble_export), "--output", str(out), "ciao", "che paura"]) == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "it/s" not in err, err
+    assert len(out.read_text().splitlines()) == 2
+    assert (are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()) == before
+    assert main(["predict", "--model", str(tiny_ensemble_export), "--output", str(out), "--overwrite", "ciao"]) == 0
+    assert "Loading weights" in capsys.readouterr().err  # without -q the bars are there as before

@@ -437,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
     logging.getLogger().addHandler(console)
     logging.getLogger().setLevel(logging.INFO)
+    restore_bars = _hide_hf_progress_bars() if args.quiet else None
     try:
         return int(args.func(args) or 0)
     except UserError as exc:  # only these: anything else is a bug and keeps its traceback
@@ -449,6 +450,30 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:  # main() may be called again in the same process (tests, notebooks)
         logging.getLogger().removeHandler(console)
+        if restore_bars is not None:
+            restore_bars()
+
+
+def _hide_hf_progress_bars():
+    """``-q``: no Hugging Face progress bars (transformers draws a "Loading weights" bar for every
+    network it loads). Returns the function that puts them back as they were."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    hub_was_off = are_progress_bars_disabled()
+    hf_logging = sys.modules.get("transformers.utils.logging")  # read by transformers once, at its import
+    transformers_was_on = hf_logging is not None and hf_logging.is_progress_bar_enabled()
+    disable_progress_bars()
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()
+
+    def restore() -> None:
+        logging_module = sys.modules.get("transformers.utils.logging")
+        if logging_module is not None:  # imported before (its switch as it was) or during (as the hub's was)
+            on = transformers_was_on if hf_logging is not None else not hub_was_off
+            (logging_module.enable_progress_bar if on else logging_module.disable_progress_bar)()
+        (disable_progress_bars if hub_was_off else enable_progress_bars)()  # last: the calls above set it too
+
+    return restore
 
 
 if __name__ == "__main__":  # pragma: no cover
