@@ -24,7 +24,6 @@ from emitlab.members.transformer.model import LABEL_WEIGHTS
 log = logging.getLogger("emitlab")
 
 
-
 #: A transformer layer's parameters: ``encoder.layer.<i>.`` (BERT, XLM-R, ELECTRA, ...),
 #: ``transformer.layer.<i>.`` (DistilBERT) or ``layers.<i>.`` (ModernBERT and others).
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers)\.(\d+)\.")
