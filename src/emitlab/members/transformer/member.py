@@ -108,7 +108,7 @@ def check_network_files(folder: Path, listed: Sequence[str] | None = None) -> No
     ``SafetensorError`` or a tokenizer's parse error from deep inside the loaders.
 
     A JSON file over :data:`FULL_PARSE_BYTES` (``tokenizer.json``: 17 MB for XLM-R's vocabulary,
-    half a second to parse in Python) is checked for being UTF-8 text with its outer braces: what
+    slow to parse in Python) is checked for being UTF-8 text with its outer braces: what
     a cut or emptied file lacks; its loader parses it next, and :func:`load_predictor` names it
     when that fails."""
     from safetensors import SafetensorError, safe_open

@@ -4,7 +4,7 @@
 for the head, optional layer-wise learning-rate decay (:func:`layer_lr_scales`) and R-Drop;
 :class:`WeightAverage` keeps an exponential moving average of the weights during training. Kept
 apart from the network so that loading an export for prediction never imports the ``Trainer``
-(about 2 s of start-up on a 2-core machine).
+(its import alone takes longer than torch's).
 """
 
 from __future__ import annotations
