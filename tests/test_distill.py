@@ -38,6 +38,7 @@ def test_the_student_is_an_ordinary_export(distilled, capsys):
         "models"][result["teacher"]["model"]]["test"]["macro_f1"]
     assert result["speed"]["texts"] == 16 and result["speed"]["student_texts_per_s"] > 0
     assert result["size_bytes"]["student"] > 0
+    assert not result["vocabulary"]["trimmed"] and "WordPiece" in result["vocabulary"]["why"]  # tiny BERT's
     assert result["seed"] == json.loads((distilled / "config.json").read_text())["data"]["seed"]  # --seed -1
     # --student-layers 1: the tiny teacher encoder's lower layer of two, and the export keeps the cut
     fold = distilled / STUDENT_EXPORT / meta["members"][0]["folds"][0]["path"]
@@ -370,3 +371,35 @@ def test_a_student_with_the_cheap_members_beside_it_exports_and_reloads(distille
     pred = clf.decoder.decode(clf.predict_proba(data.prediction_sets["test"].texts))
     assert f1_score(data.prediction_sets["test"].labels, pred, average="macro", zero_division=0) == pytest.approx(
         result["student"]["test"]["macro_f1"], abs=1e-9)
+
+
+def test_a_unigram_student_is_exported_with_the_vocabulary_it_needs(tiny_run, emit_folder, tmp_path):
+    """--trim-vocabulary (default) with a SentencePiece-style student (a tiny XLM-R, --student-model):
+    the export holds fewer pieces and embeddings, reloads to the same numbers, and distill.json counts
+    the texts with a dropped piece; --no-trim-vocabulary exports the whole vocabulary."""
+    from tiny import build_tiny_roberta_family
+
+    xlmr = build_tiny_roberta_family(tmp_path / "xlmr", "xlm-roberta")
+    full_size = json.loads((xlmr / "config.json").read_text())["vocab_size"]
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    common = ["-q", "distill", str(run), "--data", str(emit_folder), "--student-model", str(xlmr),
+              "--keep-members", "none", *FAST]
+    assert main(common) == 0
+    result = json.loads((run / RESULT_FILE).read_text())
+    vocabulary = result["vocabulary"]
+    assert vocabulary["trimmed"] and vocabulary["pieces"] < vocabulary["of"] == full_size
+
+    def exported_vocab_size():
+        meta = json.loads((run / STUDENT_EXPORT / "emitlab.json").read_text())
+        fold = run / STUDENT_EXPORT / meta["members"][0]["folds"][0]["path"]
+        return json.loads((fold / "config.json").read_text())["vocab_size"]
+
+    assert exported_vocab_size() == vocabulary["pieces"]
+    assert result["export"]["reload_max_abs_diff"] < 1e-5
+    dropped = vocabulary["texts_with_dropped_pieces"]
+    assert "test" in dropped and all(0 <= d["changed"] <= d["texts"] for d in dropped.values())
+    assert main(common + ["--reuse-student", "--no-trim-vocabulary"]) == 0
+    again = json.loads((run / RESULT_FILE).read_text())
+    assert again["vocabulary"] == {"trimmed": False, "why": "--no-trim-vocabulary"}
+    assert exported_vocab_size() == full_size

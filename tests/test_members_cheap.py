@@ -80,6 +80,13 @@ def test_save_load_is_exact_and_pickle_free(kind, fitted, corpus, tmp_path):
     assert np.array_equal(again.predict_proba(test), member.predict_proba(test))
 
 
+def _retype_first_column(path, value):
+    vocab = json.loads(path.read_text(encoding="utf-8"))
+    first = min(vocab, key=vocab.get)
+    vocab[first] = value  # column 0 written as 0.0 or false: equal to 0 in Python, not an integer column
+    path.write_text(json.dumps(vocab), encoding="utf-8")
+
+
 def _tamper_cases(kind):
     cases = [
         ("missing", "W.npy", lambda p: p.unlink(), "missing"),
@@ -97,6 +104,8 @@ def _tamper_cases(kind):
              lambda p: p.write_text(json.dumps(dict(list(json.loads(p.read_text(encoding="utf-8")).items())[:-1])),
                                     encoding="utf-8"), "terms"),
             ("idf length", "char_idf.npy", lambda p: np.save(p, np.load(p)[:-1]), "idf values"),
+            ("float column", "word_vocabulary.json", lambda p: _retype_first_column(p, 0.0), "integer column"),
+            ("bool column", "char_vocabulary.json", lambda p: _retype_first_column(p, False), "integer column"),
         ]
     else:
         cases += [
@@ -229,3 +238,29 @@ def test_lexicon_config_flags_do_not_clash_with_tfidf():
     add_dataclass_arguments(parser, LexiconConfig)
     args = parser.parse_args(["--C", "2", "--lexicon-C", "0.5", "--no-lexicon-multiword"])
     assert vars(args) == {"tfidf.C": 2.0, "lexicon.C": 0.5, "lexicon.multiword": False}
+
+
+@pytest.mark.parametrize("kind", MEMBERS)
+def test_fold_mean_shares_the_work_for_the_same_numbers(kind, corpus, monkeypatch):
+    """An export's fold models of one member give the mean of their own predictions, while the
+    TF-IDF folds split each text once (no fold runs its own vectorizer) and the lexicon folds
+    match ELIta once per ``multiword`` setting; folds fitted with other settings still agree."""
+    from emitlab.members import fold_mean_proba
+
+    train, y, test, _ = corpus
+    other = TfidfConfig(char_ngram_max=3, word_ngram_max=1) if kind == "tfidf" else LexiconConfig(multiword=False)
+    configs = [None, None, other]
+    folds = [MEMBERS[kind](c).fit(train[s:s + 200], y[s:s + 200], TASK_A_LABELS) for c, s in zip(configs, (0, 50, 100))]
+    expected = np.mean([fm.predict_proba(test) for fm in folds], axis=0)
+    if kind == "tfidf":
+        for fm in folds:
+            for vec in fm.vectorizers.values():
+                monkeypatch.setattr(vec, "transform", lambda *a: pytest.fail("a fold split the texts itself"))
+    else:
+        calls = []
+        original = LexiconFeatures.transform
+        monkeypatch.setattr(LexiconFeatures, "transform", lambda self, texts: calls.append(1) or original(self, texts))
+    np.testing.assert_allclose(fold_mean_proba(folds, test), expected, rtol=0, atol=1e-12)
+    if kind == "lexicon":
+        assert len(calls) == 2  # multiword on (two folds), off (one)
+    assert fold_mean_proba(folds, []).shape == (0, len(TASK_A_LABELS))

@@ -20,6 +20,12 @@ calibrates that mix, and the network alone is scored beside it. The student is e
 ordinary emitlab model, ``RUN_DIR/student`` and ``student.zip`` beside ``model/``, so ``predict``,
 ``serve`` and Ray load it like any export; ``distill.json`` holds teacher and student side by side (macro-F1 per set
 and per label, texts/s measured in one process, sizes), which the report and ``compare`` show.
+
+With ``--trim-vocabulary`` (default) the exported network keeps only the vocabulary pieces its
+training texts and an Italian and English word list need (:mod:`emitlab.members.transformer.vocabulary`;
+me5-small: about a fifth of its 250,002 pieces): the calibration, the scores and the export all use
+the trimmed network, and ``distill.json`` counts the test, out-of-domain and proxy texts that hold a
+dropped piece (split into kept pieces instead).
 """
 
 from __future__ import annotations
@@ -330,14 +336,21 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
     else:
         member, trained = _train_student(run, dcfg, train_cfg, seed, data, arrays, train, cleaner, markers, best,
                                          tr, va, work, cfgs[DataConfig].extra_data_dir)
+    trained_member = member
+    folder = _student_folder(work) if dcfg.reuse_student else _save_student(member, work)
+    vocabulary: dict[str, Any] = {"trimmed": False, "why": "--no-trim-vocabulary"}
+    if dcfg.trim_vocabulary:  # everything below (calibration, scores, export) sees the trimmed network
+        folder, member, vocabulary = _trimmed_student(folder, member, work, train.texts[:n], cleaner)
     held = member.predict_proba([train.texts[i] for i in va])
     cal = cfgs[CalibrationConfig]
     held_mix = mix(held, TRAIN_SET, va)
     report = calibrate(gold[va], held_mix, label_names, cal.thresholds, cal.structure, cal.repeats)
 
-    folder = _student_folder(work) if dcfg.reuse_student else _save_student(member, work)
     export = _export_student(run, data, cfgs, report, folder, names, combiner, kept)
     network = _network_predictions(member, data, cleaner, markers)
+    if vocabulary["trimmed"]:
+        vocabulary["texts_with_dropped_pieces"] = _texts_with_dropped_pieces(_student_folder(work), folder, data,
+                                                                             cleaner, markers)
     mixed = {name: mix(p, name) for name, p in network.items() if mix.has(name)}
     scores = _student_scores(data, report, gold[va], held_mix, mixed, label_names, work)
     if mix.kept:  # the network alone, calibrated on the same held-out tenth, for comparison
@@ -349,6 +362,7 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
         **trained,
         "seed": seed,
         "settings": {"distill": dcfg.__dict__, "train": train_cfg.__dict__},
+        "vocabulary": vocabulary,
         "export": export,
     }
     if dcfg.reuse_student:
@@ -362,8 +376,8 @@ def distill(run: Path, dcfg: DistillConfig, data_dir: str | None = None) -> dict
         from emitlab.report import write_report
 
         write_report(run)
-    if hasattr(member, "cleanup"):  # training checkpoints, no longer needed once saved
-        member.cleanup()
+    if hasattr(trained_member, "cleanup"):  # training checkpoints, no longer needed once saved
+        trained_member.cleanup()
     return result
 
 
@@ -491,6 +505,72 @@ def _export_student(run: Path, data: EmitData, cfgs: dict, report, folder: Path,
     return {"path": str(path), "zip": str(path.with_name(path.name + ".zip"))}
 
 
+def vocabulary_texts(cleaner: TextCleaner) -> list[str]:
+    """What the student's vocabulary covers beyond its training texts: every Italian and English word
+    form simplemma's dictionaries hold (forms and lemmas; lower, Capitalised and UPPER case), ELIta's
+    words and every emoji as the cleaner writes it (its Italian name), 64 words a line."""
+    import emoji
+    from simplemma.strategies.dictionaries.dictionary_factory import DefaultDictionaryFactory
+
+    from emitlab.data.elita import lexicon_bytes, read_ratings
+
+    factory = DefaultDictionaryFactory()
+    words: set[str] = set(read_ratings(lexicon_bytes()))
+    for lang in ("it", "en"):
+        for pair in factory.get_dictionary(lang).items():
+            words.update(w.decode("utf-8") if isinstance(w, bytes) else str(w) for w in pair)
+    words |= {w.capitalize() for w in words} | {w.upper() for w in words}
+    ordered = sorted(words)
+    lines = [" ".join(ordered[i:i + 64]) for i in range(0, len(ordered), 64)]
+    return lines + cleaner.clean_many(list(emoji.EMOJI_DATA))
+
+
+def _trimmed_student(folder: Path, member, work: Path, texts: Sequence[str], cleaner: TextCleaner):
+    """The student network of ``folder`` with the vocabulary it needs (``--trim-vocabulary``): its
+    folder (under ``work/trimmed``), the member loaded from it and what was kept; the student as it
+    is, with the reason, when its tokenizer is not trimmed."""
+    import shutil
+
+    from emitlab.members.transformer.member import TransformerMember
+    from emitlab.members.transformer.vocabulary import trim_vocabulary, untrimmable
+
+    why = untrimmable(folder)
+    if why:  # before the word lists are built
+        log.info("student vocabulary kept whole: %s", why)
+        return folder, member, {"trimmed": False, "why": why}
+    top = work / "trimmed"
+    if top.exists():  # an earlier distill's
+        shutil.rmtree(top)
+    dst = top / STUDENT_MEMBER / "fold-0"
+    t = time.time()
+    info = trim_vocabulary(folder, dst, list(texts) + vocabulary_texts(cleaner))
+    if not info["trimmed"]:
+        log.info("student vocabulary kept whole: %s", info["why"])
+        return folder, member, info
+    saved = json.loads((folder / FOLD_FILE).read_text(encoding="utf-8"))
+    spec = {**saved["spec"], "files": sorted(p.name for p in dst.iterdir() if p.is_file())}
+    atomic_write_json(dst / FOLD_FILE, {**saved, "spec": spec})
+    info["seconds"] = round(time.time() - t, 1)
+    log.info("student vocabulary trimmed to %d of %d pieces (%.0f s)", info["pieces"], info["of"], info["seconds"])
+    return dst, TransformerMember.load(dst, spec), info
+
+
+def _texts_with_dropped_pieces(full: Path, trimmed: Path, data: EmitData, cleaner: TextCleaner,
+                               markers: bool) -> dict[str, Any]:
+    """Per prediction set (and the proxy corpus): how many texts hold a piece the trimmed vocabulary
+    dropped (they are split into other pieces), of how many."""
+    from emitlab.members.transformer.vocabulary import changed_texts
+
+    sets = {name: (ds.texts, SET_DOMAINS.get(name, TASK_DOMAIN)) for name, ds in data.prediction_sets.items()}
+    if data.proxy is not None:
+        sets[PROXY_SET] = (data.proxy.texts, OOD_DOMAIN)
+    out = {}
+    for name, (raw, domain) in sets.items():
+        texts = with_marker(cleaner.clean_many(raw), domain if markers else None)
+        out[name] = {"texts": len(texts), "changed": changed_texts(full, trimmed, texts)}
+    return out
+
+
 def _teacher_scores(run: Path, best: str) -> dict[str, Any]:
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     m = metrics["models"][best]
@@ -588,6 +668,9 @@ def distill_summary(result: dict) -> str:
     rows.append(("texts/s", _fmt(speed.get("teacher_texts_per_s"), 1), _fmt(speed.get("student_texts_per_s"), 1)))
     size = result.get("size_bytes") or {}
     rows.append(("size (MB)", _fmt(size.get("teacher", 0) / 1e6, 1), _fmt(size.get("student", 0) / 1e6, 1)))
+    vocabulary = result.get("vocabulary") or {}
+    if vocabulary.get("trimmed"):
+        rows.append(("vocabulary (pieces)", "", f"{vocabulary['pieces']:,} of {vocabulary['of']:,}"))
     width = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows)
 

@@ -24,6 +24,7 @@ from emitlab.data.cleaning import TextCleaner
 from emitlab.engine.calibration import Decoder
 from emitlab.errors import ModelFormatError, SettingsError
 from emitlab.export import META_FILE, read_meta, resolve_export
+from emitlab.members import fold_mean_proba
 from emitlab.registry import BACKENDS, MEMBERS
 from emitlab.settings import CleaningConfig
 
@@ -104,13 +105,7 @@ class EmotionClassifier:
         cleaned = self.cleaner.clean_many(list(texts))
         if self.domain is not None:
             cleaned = [self.markers[self.domain] + t for t in cleaned]
-        out = {}
-        for name, folds in self.members:
-            total = np.zeros((len(cleaned), len(self.label_names)))
-            for fm in folds:
-                total += fm.predict_proba(cleaned)
-            out[name] = total / len(folds)
-        return out
+        return {name: fold_mean_proba(folds, cleaned) for name, folds in self.members}
 
     def predict_proba(self, texts: Sequence[str], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
         """Per-label probabilities, ``(len(texts), n_labels)``, in the input order."""

@@ -91,6 +91,16 @@ def load_member(folder: Path, spec: dict[str, Any], **kwargs: Any) -> Member:
     return MEMBERS.get(kind).load(Path(folder), spec, **kwargs)
 
 
+def fold_mean_proba(folds: Sequence[Member], texts: Sequence[str]) -> np.ndarray:
+    """The mean of a member's fold models' probabilities for (cleaned) ``texts``. A member class
+    with a ``mean_proba(folds, texts)`` classmethod shares work across its folds (the TF-IDF folds
+    split each text into n-grams once, the lexicon folds match ELIta once) for the same numbers."""
+    shared = getattr(type(folds[0]), "mean_proba", None)
+    if shared is not None and all(type(fm) is type(folds[0]) for fm in folds):
+        return shared(folds, texts)
+    return sum(fm.predict_proba(texts) for fm in folds) / len(folds)
+
+
 def check_member_files(folder: Path, spec: dict[str, Any]) -> None:
     """Check a saved member's files before loading it (a kind may define ``check_files``: the
     transformer checks its weights, tokenizer and JSON files, so that a damaged one is named in one

@@ -284,6 +284,23 @@ class LexiconMember:
             return np.zeros((0, len(self.b)))
         return logistic_proba(self._standardised(texts), self.W, self.b)
 
+    @classmethod
+    def mean_proba(cls, folds: Sequence["LexiconMember"], texts: Sequence[str]) -> np.ndarray:
+        """The mean of ``folds``' probabilities, equal to averaging their :meth:`predict_proba`, with
+        ELIta matched in each text once for every fold that matches alike (the features depend on the
+        lexicon file, checked on loading, and ``multiword``; each fold has its own scaling and heads)."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(folds[0].b)))
+        features: dict[bool, np.ndarray] = {}
+        total = np.zeros((len(texts), len(folds[0].b)))
+        for fm in folds:
+            key = fm.features.multiword
+            if key not in features:
+                features[key] = fm.features.transform(texts)
+            total += logistic_proba((features[key] - fm.mean) / fm.std, fm.W, fm.b)
+        return total / len(folds)
+
     def save(self, folder: Path) -> dict[str, Any]:
         if self.W is None:
             raise RuntimeError("LexiconMember is not fitted")

@@ -9,7 +9,8 @@ and liblinear ``LogisticRegression`` do the fitting), but what is kept and saved
 
 Prediction is always ``sigmoid(hstack(word.transform, char.transform) @ W.T + b)``
 (:func:`.linear.logistic_proba`), before and after a save/load, so a reloaded member gives
-bit-identical probabilities.
+bit-identical probabilities. An export's TF-IDF folds split each text into n-grams once for all of
+them (:meth:`TfidfMember.mean_proba`): only the counting against each fold's vocabulary is per fold.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ from emitlab.members.linear import (
 from emitlab.settings import TfidfConfig
 
 ANALYZERS = ("word", "char")
+#: the ``TfidfVectorizer`` parameters that decide how a text is split into terms (not which terms count)
+ANALYSIS_PARAMS = ("input", "encoding", "decode_error", "strip_accents", "lowercase", "preprocessor", "tokenizer",
+                   "stop_words", "token_pattern", "ngram_range", "analyzer")
+
+
+def _given_terms(terms: list[str]) -> list[str]:
+    """The analyzer of a vectorizer that counts terms split beforehand (see ``TfidfMember.mean_proba``)."""
+    return terms
 
 
 def make_vectorizer(config: TfidfConfig, analyzer: str, vocabulary: dict[str, int] | None = None):
@@ -74,14 +83,58 @@ class TfidfMember:
         self.vectorizers: dict[str, Any] = {}
         self.W: np.ndarray | None = None
         self.b: np.ndarray | None = None
+        self._term_counters: dict[str, Any] = {}
 
     # -- fitting and prediction --------------------------------------------------------------
-    def features(self, texts: Sequence[str]) -> sparse.csr_matrix:
-        """The TF-IDF matrix (n, n_word + n_char) of ``texts`` (after :meth:`fit`)."""
+    def features(self, texts: Sequence[str], terms: dict[str, list[list[str]]] | None = None) -> sparse.csr_matrix:
+        """The TF-IDF matrix (n, n_word + n_char) of ``texts`` (after :meth:`fit`); ``terms``: each
+        analyzer's terms of every text, as :meth:`analysis` splits them, when they are split already."""
         if not self.vectorizers:
             raise RuntimeError("TfidfMember is not fitted")
+        if terms is None:
+            texts = list(texts)
+            return sparse.hstack([self.vectorizers[a].transform(texts) for a in ANALYZERS], format="csr")
+        return sparse.hstack([self._term_counter(a).transform(terms[a]) for a in ANALYZERS], format="csr")
+
+    def analysis(self, analyzer: str) -> tuple:
+        """What decides how ``analyzer`` splits a text: folds with equal keys split texts alike."""
+        params = self.vectorizers[analyzer].get_params()
+        return (analyzer,) + tuple(repr(params[k]) for k in ANALYSIS_PARAMS)
+
+    def _term_counter(self, analyzer: str):
+        """A ``TfidfVectorizer`` equal to ``analyzer``'s (vocabulary, idf, tf and norm settings) that
+        counts the terms it is given instead of splitting texts."""
+        counter = self._term_counters.get(analyzer)
+        if counter is None:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            vec = self.vectorizers[analyzer]
+            counter = TfidfVectorizer(analyzer=_given_terms, vocabulary=vec.vocabulary_, binary=vec.binary,
+                                      norm=vec.norm, use_idf=vec.use_idf, smooth_idf=vec.smooth_idf,
+                                      sublinear_tf=vec.sublinear_tf, dtype=vec.dtype)
+            counter.idf_ = vec.idf_
+            self._term_counters[analyzer] = counter
+        return counter
+
+    @classmethod
+    def mean_proba(cls, folds: Sequence["TfidfMember"], texts: Sequence[str]) -> np.ndarray:
+        """The mean of ``folds``' probabilities, equal to averaging their :meth:`predict_proba`, with
+        each text split into word and char n-grams once for every fold that splits texts alike."""
         texts = list(texts)
-        return sparse.hstack([self.vectorizers[a].transform(texts) for a in ANALYZERS], format="csr")
+        if not texts:
+            return np.zeros((0, len(folds[0].b)))
+        split: dict[tuple, list[list[str]]] = {}
+        total = np.zeros((len(texts), len(folds[0].b)))
+        for fm in folds:
+            terms = {}
+            for a in ANALYZERS:
+                key = fm.analysis(a)
+                if key not in split:
+                    analyze = fm.vectorizers[a].build_analyzer()
+                    split[key] = [analyze(t) for t in texts]
+                terms[a] = split[key]
+            total += logistic_proba(fm.features(texts, terms), fm.W, fm.b)
+        return total / len(folds)
 
     def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
             mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None,
@@ -95,6 +148,7 @@ class TfidfMember:
             blocks.append(vec.fit_transform(texts))
             vars(vec).pop("stop_words_", None)  # the terms cut by max_features/min_df: unused, can be huge
             self.vectorizers[a] = vec
+        self._term_counters = {}
         X = sparse.hstack(blocks, format="csr")
         self.W, self.b = fit_logistic_heads(X, y, C=self.config.C, class_weight=self.config.class_weight,
                                             mask=mask, sample_weight=sample_weight)
@@ -148,7 +202,8 @@ class TfidfMember:
                 raise ModelFormatError(f"{folder}: member spec n_features[{a!r}] must be a positive integer, got {n!r}")
             vpath = safe_file_name(folder, files.get(f"{a}_vocabulary"), f"{a}_vocabulary")
             vocab = read_json(vpath)
-            if not isinstance(vocab, dict) or not all(isinstance(t, str) and type(c) is int for t, c in vocab.items()):
+            # a JSON object's keys are strings; its values must all be integers (not bool, float or str)
+            if not isinstance(vocab, dict) or (vocab and set(map(type, vocab.values())) != {int}):
                 raise ModelFormatError(f"{vpath}: expected a JSON object of term -> integer column")
             if len(vocab) != n:
                 raise ModelFormatError(f"{vpath}: holds {len(vocab)} terms, the spec says {n}")
