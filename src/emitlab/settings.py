@@ -501,7 +501,8 @@ class DistillConfig(SettingsGroup):
         "The student's encoder (a folder or Hub id); empty: the run's --model.")})
     student_layers: int = field(default=0, metadata={"min": 0, "off": "0 = all", "help": (
         "Keep only the student encoder's first N transformer layers (initialised from its lower layers): "
-        "a faster network, whose quality on EMit is not measured yet; 0 = all layers.")})
+        "a faster network that may lose quality (README, Results: 8 layers lost 0.028 on task A, one seed); "
+        "0 = all layers.")})
     trim_vocabulary: bool = field(default=True, metadata={"help": (
         "Export the student with only the vocabulary it needs: the pieces its training texts, the Italian and "
         "English word forms simplemma knows (lower, Capitalised, UPPER), ELIta's words and every emoji's Italian "
