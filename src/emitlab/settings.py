@@ -506,8 +506,8 @@ class DistillConfig(SettingsGroup):
     trim_vocabulary: bool = field(default=True, metadata={"help": (
         "Export the student with only the vocabulary it needs: the pieces its training texts, the Italian and "
         "English word forms simplemma knows (lower, Capitalised, UPPER), ELIta's words and every emoji's Italian "
-        "name tokenize into, plus every one-character piece (me5-small: about 50,000 of 250,002 pieces; 3x "
-        "smaller, its tokenizer loads in a fraction of the time). A text with a dropped piece is split into "
+        "name tokenize into, plus every one-character piece (me5-small on EMit task A: 49,614 of 250,002 pieces, "
+        "the student export 250 MB instead of 573 MB). A text with a dropped piece is split into "
         "pieces that are kept; distill.json counts such test and out-of-domain texts. Unigram (XLM-R) "
         "tokenizers only; others are exported whole.")})
     epochs: float = field(default=0.0, metadata={"min": 0, "off": "0 = the run's", "help": (

@@ -2,8 +2,8 @@
 the pieces some texts need.
 
 A multilingual encoder carries a vocabulary for a hundred languages: me5-small's 250,002
-SentencePiece pieces hold 96M of its 118M weights, and its ``tokenizer.json`` (17 MB) takes about
-a second to load. A network that reads Italian needs a fraction of them, so, as for monolingual
+SentencePiece pieces hold 96M of its 118M weights, and its ``tokenizer.json`` (17 MB) is parsed at
+every start. A network that reads Italian needs a fraction of them, so, as for monolingual
 copies of multilingual models (Abdaoui et al. 2020, "Load What You Need"; Ushio et al. 2023,
 "An Efficiency Study for Language Model Vocabulary Trimming"), :func:`trim_vocabulary` keeps
 
