@@ -243,7 +243,7 @@ def test_lexicon_config_flags_do_not_clash_with_tfidf():
 @pytest.mark.parametrize("kind", MEMBERS)
 def test_fold_mean_shares_the_work_for_the_same_numbers(kind, corpus, monkeypatch):
     """An export's fold models of one member give the mean of their own predictions, while the
-    TF-IDF folds split each text once (no fold runs its own vectorizer) and the lexicon folds
+    TF-IDF folds split and count each text once (no fold runs its own vectorizer) and the lexicon folds
     match ELIta once per ``multiword`` setting; folds fitted with other settings still agree."""
     from emitlab.members import fold_mean_proba
 
@@ -253,14 +253,23 @@ def test_fold_mean_shares_the_work_for_the_same_numbers(kind, corpus, monkeypatc
     folds = [MEMBERS[kind](c).fit(train[s:s + 200], y[s:s + 200], TASK_A_LABELS) for c, s in zip(configs, (0, 50, 100))]
     expected = np.mean([fm.predict_proba(test) for fm in folds], axis=0)
     if kind == "tfidf":
+        from sklearn.feature_extraction.text import CountVectorizer
+
         for fm in folds:
             for vec in fm.vectorizers.values():
                 monkeypatch.setattr(vec, "transform", lambda *a: pytest.fail("a fold split the texts itself"))
+        calls = []
+        original = CountVectorizer.transform
+        monkeypatch.setattr(CountVectorizer, "transform", lambda self, docs: calls.append(1) or original(self, docs))
     else:
         calls = []
         original = LexiconFeatures.transform
         monkeypatch.setattr(LexiconFeatures, "transform", lambda self, texts: calls.append(1) or original(self, texts))
     np.testing.assert_allclose(fold_mean_proba(folds, test), expected, rtol=0, atol=1e-12)
-    if kind == "lexicon":
-        assert len(calls) == 2  # multiword on (two folds), off (one)
+    # lexicon: multiword on (two folds), off (one); tfidf: word and char n-grams counted for the two
+    # folds of one config at once, and for the other fold
+    assert len(calls) == (2 if kind == "lexicon" else 4)
+    np.testing.assert_allclose(fold_mean_proba(folds, test), expected, rtol=0, atol=1e-12)  # cached unions
+    if kind == "tfidf":
+        assert len(calls) == 8
     assert fold_mean_proba(folds, []).shape == (0, len(TASK_A_LABELS))

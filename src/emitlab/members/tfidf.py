@@ -9,14 +9,15 @@ and liblinear ``LogisticRegression`` do the fitting), but what is kept and saved
 
 Prediction is always ``sigmoid(hstack(word.transform, char.transform) @ W.T + b)``
 (:func:`.linear.logistic_proba`), before and after a save/load, so a reloaded member gives
-bit-identical probabilities. An export's TF-IDF folds split each text into n-grams once for all of
-them (:meth:`TfidfMember.mean_proba`): only the counting against each fold's vocabulary is per fold.
+bit-identical probabilities. An export's TF-IDF folds split each text into n-grams and count them
+once for all of them (:meth:`TfidfMember.mean_proba`): only the weighing is per fold.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,6 +52,29 @@ def _given_terms(terms: list[str]) -> list[str]:
     return terms
 
 
+def union_counter(group: Sequence["TfidfMember"], analyzer: str) -> tuple[Any, list[np.ndarray]]:
+    """For fold models that split texts alike: a ``CountVectorizer`` that counts given terms against
+    the union of their ``analyzer`` vocabularies, and for each fold the union column of each of its
+    own columns (``counts[:, cols]`` are the counts its vectorizer would make). Built once per group,
+    cached on its first fold."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    key = (analyzer, tuple(id(fm) for fm in group))
+    hit = group[0]._unions.get(key)
+    if hit is None:
+        vocabs = [fm.vectorizers[analyzer].vocabulary_ for fm in group]
+        union = {term: i for i, term in enumerate(dict.fromkeys(chain.from_iterable(vocabs)))}
+        columns = []
+        for vocab in vocabs:
+            cols = np.empty(len(vocab), dtype=np.int64)
+            cols[np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))] = np.fromiter(
+                map(union.__getitem__, vocab), dtype=np.int64, count=len(vocab))
+            columns.append(cols)
+        counter = CountVectorizer(analyzer=_given_terms, vocabulary=union, dtype=np.float64)
+        hit = group[0]._unions[key] = (list(group), counter, columns)  # the folds kept: their ids stay theirs
+    return hit[1], hit[2]
+
+
 def make_vectorizer(config: TfidfConfig, analyzer: str, vocabulary: dict[str, int] | None = None):
     """The (unfitted) ``TfidfVectorizer`` of one analyzer; with ``vocabulary`` it is fixed."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -83,58 +107,68 @@ class TfidfMember:
         self.vectorizers: dict[str, Any] = {}
         self.W: np.ndarray | None = None
         self.b: np.ndarray | None = None
-        self._term_counters: dict[str, Any] = {}
+        self._weighers: dict[str, Any] = {}  # analyzer -> TfidfTransformer (tfidf_of_counts)
+        self._unions: dict[tuple, Any] = {}  # union_counter's cache, on a group's first fold
 
     # -- fitting and prediction --------------------------------------------------------------
-    def features(self, texts: Sequence[str], terms: dict[str, list[list[str]]] | None = None) -> sparse.csr_matrix:
-        """The TF-IDF matrix (n, n_word + n_char) of ``texts`` (after :meth:`fit`); ``terms``: each
-        analyzer's terms of every text, as :meth:`analysis` splits them, when they are split already."""
+    def features(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        """The TF-IDF matrix (n, n_word + n_char) of ``texts`` (after :meth:`fit`)."""
         if not self.vectorizers:
             raise RuntimeError("TfidfMember is not fitted")
-        if terms is None:
-            texts = list(texts)
-            return sparse.hstack([self.vectorizers[a].transform(texts) for a in ANALYZERS], format="csr")
-        return sparse.hstack([self._term_counter(a).transform(terms[a]) for a in ANALYZERS], format="csr")
+        texts = list(texts)
+        return sparse.hstack([self.vectorizers[a].transform(texts) for a in ANALYZERS], format="csr")
 
     def analysis(self, analyzer: str) -> tuple:
         """What decides how ``analyzer`` splits a text: folds with equal keys split texts alike."""
         params = self.vectorizers[analyzer].get_params()
         return (analyzer,) + tuple(repr(params[k]) for k in ANALYSIS_PARAMS)
 
-    def _term_counter(self, analyzer: str):
-        """A ``TfidfVectorizer`` equal to ``analyzer``'s (vocabulary, idf, tf and norm settings) that
-        counts the terms it is given instead of splitting texts."""
-        counter = self._term_counters.get(analyzer)
-        if counter is None:
-            from sklearn.feature_extraction.text import TfidfVectorizer
-
-            vec = self.vectorizers[analyzer]
-            counter = TfidfVectorizer(analyzer=_given_terms, vocabulary=vec.vocabulary_, binary=vec.binary,
-                                      norm=vec.norm, use_idf=vec.use_idf, smooth_idf=vec.smooth_idf,
-                                      sublinear_tf=vec.sublinear_tf, dtype=vec.dtype)
-            counter.idf_ = vec.idf_
-            self._term_counters[analyzer] = counter
-        return counter
-
     @classmethod
     def mean_proba(cls, folds: Sequence["TfidfMember"], texts: Sequence[str]) -> np.ndarray:
-        """The mean of ``folds``' probabilities, equal to averaging their :meth:`predict_proba`, with
-        each text split into word and char n-grams once for every fold that splits texts alike."""
+        """The mean of ``folds``' probabilities, equal to averaging their :meth:`predict_proba`. Folds
+        that split texts alike share the work: each text is split into word and char n-grams once,
+        and its n-grams are counted once against the union of those folds' vocabularies
+        (:func:`union_counter`); each fold takes its own vocabulary's columns of the counts and weighs
+        them as its vectorizer does (:meth:`tfidf_of_counts`)."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(folds[0].b)))
-        split: dict[tuple, list[list[str]]] = {}
+        blocks: dict[int, list] = {id(fm): [] for fm in folds}
+        for a in ANALYZERS:
+            groups: dict[tuple, list[TfidfMember]] = {}
+            for fm in folds:
+                groups.setdefault(fm.analysis(a), []).append(fm)
+            for group in groups.values():
+                counter, columns = union_counter(group, a)
+                analyze = group[0].vectorizers[a].build_analyzer()
+                counts = counter.transform([analyze(t) for t in texts]).tocsc()
+                for fm, cols in zip(group, columns):
+                    blocks[id(fm)].append(fm.tfidf_of_counts(a, counts[:, cols]))
         total = np.zeros((len(texts), len(folds[0].b)))
         for fm in folds:
-            terms = {}
-            for a in ANALYZERS:
-                key = fm.analysis(a)
-                if key not in split:
-                    analyze = fm.vectorizers[a].build_analyzer()
-                    split[key] = [analyze(t) for t in texts]
-                terms[a] = split[key]
-            total += logistic_proba(fm.features(texts, terms), fm.W, fm.b)
+            total += logistic_proba(sparse.hstack(blocks[id(fm)], format="csr"), fm.W, fm.b)
         return total / len(folds)
+
+    def tfidf_of_counts(self, analyzer: str, counts: sparse.spmatrix) -> sparse.csr_matrix:
+        """``analyzer``'s TF-IDF block of raw term ``counts`` (columns in its vocabulary's order): what its
+        vectorizer's ``transform`` does once it has counted (binary, then tf, idf and norm)."""
+        from sklearn.feature_extraction.text import TfidfTransformer
+
+        vec = self.vectorizers[analyzer]
+        X = sparse.csr_matrix(counts, dtype=vec.dtype)
+        X.sort_indices()
+        if vec.binary:
+            X.data.fill(1)
+        tfidf = self._weighers.get(analyzer)
+        if tfidf is None:
+            tfidf = TfidfTransformer(norm=vec.norm, use_idf=vec.use_idf, smooth_idf=vec.smooth_idf,
+                                     sublinear_tf=vec.sublinear_tf)
+            if vec.use_idf:
+                tfidf.idf_ = vec.idf_
+            else:
+                tfidf.fit(X)  # nothing learnt without idf: fitting only marks it fitted
+            self._weighers[analyzer] = tfidf
+        return tfidf.transform(X, copy=False)
 
     def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
             mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None,
@@ -148,7 +182,7 @@ class TfidfMember:
             blocks.append(vec.fit_transform(texts))
             vars(vec).pop("stop_words_", None)  # the terms cut by max_features/min_df: unused, can be huge
             self.vectorizers[a] = vec
-        self._term_counters = {}
+        self._weighers, self._unions = {}, {}
         X = sparse.hstack(blocks, format="csr")
         self.W, self.b = fit_logistic_heads(X, y, C=self.config.C, class_weight=self.config.class_weight,
                                             mask=mask, sample_weight=sample_weight)
