@@ -151,22 +151,16 @@ class TfidfMember:
 
     def tfidf_of_counts(self, analyzer: str, counts: sparse.spmatrix) -> sparse.csr_matrix:
         """``analyzer``'s TF-IDF block of raw term ``counts`` (columns in its vocabulary's order): what its
-        vectorizer's ``transform`` does once it has counted (binary, then tf, idf and norm)."""
+        vectorizer (:func:`make_vectorizer`: counts, idf) does once it has counted (tf, idf and norm)."""
         from sklearn.feature_extraction.text import TfidfTransformer
 
         vec = self.vectorizers[analyzer]
         X = sparse.csr_matrix(counts, dtype=vec.dtype)
         X.sort_indices()
-        if vec.binary:
-            X.data.fill(1)
         tfidf = self._weighers.get(analyzer)
         if tfidf is None:
-            tfidf = TfidfTransformer(norm=vec.norm, use_idf=vec.use_idf, smooth_idf=vec.smooth_idf,
-                                     sublinear_tf=vec.sublinear_tf)
-            if vec.use_idf:
-                tfidf.idf_ = vec.idf_
-            else:
-                tfidf.fit(X)  # nothing learnt without idf: fitting only marks it fitted
+            tfidf = TfidfTransformer(norm=vec.norm, smooth_idf=vec.smooth_idf, sublinear_tf=vec.sublinear_tf)
+            tfidf.idf_ = vec.idf_
             self._weighers[analyzer] = tfidf
         return tfidf.transform(X, copy=False)
 
