@@ -142,6 +142,26 @@ def test_run_with_distill_trains_the_student_after_the_run(tiny_model, emit_fold
                  "--nested-folds", "2", "--no-report", "--distill", *TINY_TRAIN]) == 0
     assert (out / STUDENT_EXPORT / "emitlab.json").is_file() and (out / RESULT_FILE).is_file()
     assert "student" in capsys.readouterr().out
+    # --student-layers auto (the default) keeps all of a two-layer encoder, and distill.json records 0 = all
+    result = json.loads((out / RESULT_FILE).read_text())
+    assert result["settings"]["distill"]["student_layers"] == 0 and result["settings"]["train"]["num_layers"] == 0
+
+
+def test_auto_student_layers_cuts_a_sixth_of_twelve_layers_or_more(tmp_path):
+    from transformers import BertConfig
+
+    from emitlab.distill import auto_student_layers, student_layers
+    from emitlab.settings import DistillConfig, TrainConfig
+
+    assert [auto_student_layers(n) for n in (None, 2, 6, 11, 12, 18, 24)] == [0, 0, 0, 0, 10, 15, 20]
+    BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=12, num_attention_heads=2,
+               intermediate_size=16).save_pretrained(tmp_path)  # a config is all the rule reads
+    teacher = TrainConfig(model=str(tmp_path))
+    assert DistillConfig().student_layers == -1  # auto
+    assert student_layers(DistillConfig(), teacher) == 10
+    assert student_layers(DistillConfig(student_layers=0), teacher) == 0  # all: as asked
+    assert student_layers(DistillConfig(student_layers=3), teacher) == 3
+    assert student_layers(DistillConfig(student_model=str(tmp_path)), TrainConfig(model="elsewhere")) == 10
 
 
 def test_the_student_predicts_on_ray_like_in_one_process(distilled, tmp_path):

@@ -137,6 +137,12 @@ def _is_bert_like(source: Path | str) -> bool:
     return True
 
 
+def encoder_layers(source: Path | str) -> int | None:
+    """How many transformer layers the encoder at ``source`` has (its config's ``num_hidden_layers``;
+    None where the config does not say)."""
+    return getattr(AutoConfig.from_pretrained(source), "num_hidden_layers", None)
+
+
 def _fewer_layers(source: Path | str, cfg: TrainConfig):
     """The encoder's config cut to its first ``cfg.num_layers`` layers (``from_pretrained`` then loads those
     layers' weights and leaves the upper ones out)."""
