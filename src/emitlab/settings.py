@@ -466,8 +466,9 @@ class RunConfig(SettingsGroup):
     distill: bool = field(default=False, metadata={"help": (
         "After the run, train its distilled student (`emitlab distill` with its defaults): one network for "
         "serving, with the run's TF-IDF and lexicon beside it, exported as student/ beside model/. Off in every "
-        "profile: on 2 CPU cores it adds about 35 minutes (benchmarks/results/distill_task-*.json) to a full run's "
-        "47-57, beyond the 60-minute budget.")})
+        "profile: on 2 CPU cores the default 10-layer student adds about 30 minutes "
+        "(benchmarks/results/distill_task-*_layers10_trim*.json) to a full run's 47-57, beyond the 60-minute "
+        "budget.")})
 
 
 @dataclass
