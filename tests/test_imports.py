@@ -2,7 +2,8 @@
 module level or through imports inside functions; no module imports from a layer above its own
 (:data:`LAYERS`, the data flow: data -> members -> engine -> export -> inference -> batch and
 serving -> report -> jobs -> cli, with settings, io, errors, labels and the registries at the
-bottom); the command line's parser stays free of torch; and the backends are defined once."""
+bottom); the command line's parser stays free of torch, predicting free of scikit-learn; and the
+backends are defined once."""
 
 from __future__ import annotations
 
@@ -227,6 +228,21 @@ def test_the_parser_and_settings_do_not_import_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == ""
+
+
+def test_predict_does_not_import_scikit_learn(tiny_ensemble_export, tmp_path):
+    """`emitlab predict` with a whole ensemble (TF-IDF, lexicon and transformer folds, a combiner,
+    a decoder) never imports scikit-learn: fitting needs it, predicting does not (about a second of
+    every start-up)."""
+    code = ("import sys\n"
+            "from emitlab.cli import main\n"
+            f"rc = main(['-q', 'predict', '--model', {str(tiny_ensemble_export)!r}, 'Che bella giornata!', "
+            f"'Ho paura del buio', '--output', {str(tmp_path / 'out.jsonl')!r}])\n"
+            "print(rc, sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn')[:3])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "0 []"
+    assert len((tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()) == 2
 
 
 def test_backends_are_defined_once():

@@ -175,6 +175,56 @@ def test_tfidf_uses_its_config(corpus, tmp_path):
     assert again.config == cfg and np.array_equal(again.predict_proba(test), member.predict_proba(test))
 
 
+TEXTS_TO_SPLIT = ["", "   ", "Che bella giornata!!", "È già l'ora\tdi   andare\n\nvia... NON ci credo",
+                  "ÀÉÎ ß İstanbul ǅ", "a b c", "x", "_under_score 12 3 4.5", "faccina con lacrime di gioia 😂",
+                  "url @user #hashtag", "l'amore è  un'altra cosa, perché?"]
+
+
+@pytest.mark.parametrize("cfg", [TfidfConfig(), TfidfConfig(word_ngram_max=1, char_ngram_min=2, char_ngram_max=3),
+                                 TfidfConfig(word_ngram_max=3, char_ngram_min=3, char_ngram_max=5)],
+                         ids=["default", "short", "long"])
+def test_tfidf_prediction_path_equals_scikit_learn(cfg, corpus):
+    """Prediction splits, counts and weighs without scikit-learn: term for term what the fitted
+    ``TfidfVectorizer``'s analyzer gives, and bit for bit its ``transform``."""
+    from emitlab.members.tfidf import TermSplitter, count_terms, make_vectorizer, tfidf_weigh
+
+    train, _, test, _ = corpus
+    texts = TEXTS_TO_SPLIT + list(test)
+    for analyzer in ("word", "char"):
+        vec = make_vectorizer(cfg, analyzer).fit(list(train) + TEXTS_TO_SPLIT[:4])
+        split = TermSplitter.of(cfg, analyzer)
+        sk_analyze = vec.build_analyzer()
+        for text in texts:
+            assert split(text) == sk_analyze(text), text
+        expected = vec.transform(texts)
+        got = tfidf_weigh(count_terms([split(t) for t in texts], vec.vocabulary_, len(vec.vocabulary_)), vec.idf_)
+        assert got.shape == expected.shape and got.has_sorted_indices
+        for part in ("indptr", "indices", "data"):
+            assert np.array_equal(getattr(got, part), getattr(expected, part)), (analyzer, part)
+
+
+def test_tfidf_predicts_without_importing_scikit_learn(fitted, corpus, tmp_path):
+    """A saved TF-IDF member loads and predicts in a process that never imports scikit-learn (its
+    import is about a second of every `emitlab predict` start-up)."""
+    import subprocess
+    import sys
+
+    _, _, test, _ = corpus
+    spec = fitted["tfidf"].save(tmp_path / "m")
+    (tmp_path / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    (tmp_path / "texts.json").write_text(json.dumps(list(test)), encoding="utf-8")
+    code = ("import json, sys, numpy as np\n"
+            "from pathlib import Path\n"
+            "from emitlab.members import fold_mean_proba, load_member\n"
+            f"d = Path({str(tmp_path)!r})\n"
+            "folds = [load_member(d / 'm', json.loads((d / 'spec.json').read_text())) for _ in range(2)]\n"
+            "texts = json.loads((d / 'texts.json').read_text())\n"
+            "np.save(d / 'p.npy', fold_mean_proba(folds, texts))\n"
+            "assert 'sklearn' not in sys.modules, sorted(m for m in sys.modules if m.startswith('sklearn'))[:3]\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert np.array_equal(np.load(tmp_path / "p.npy"), fitted["tfidf"].predict_proba(test))
+
+
 # --- lexicon features ----------------------------------------------------------------------------
 
 def _feature(feats, text, name):
@@ -243,7 +293,7 @@ def test_lexicon_config_flags_do_not_clash_with_tfidf():
 @pytest.mark.parametrize("kind", MEMBERS)
 def test_fold_mean_shares_the_work_for_the_same_numbers(kind, corpus, monkeypatch):
     """An export's fold models of one member give the mean of their own predictions, while the
-    TF-IDF folds split and count each text once (no fold runs its own vectorizer) and the lexicon folds
+    TF-IDF folds split and count each text once (no fold counts on its own) and the lexicon folds
     match ELIta once per ``multiword`` setting; folds fitted with other settings still agree."""
     from emitlab.members import fold_mean_proba
 
@@ -253,14 +303,13 @@ def test_fold_mean_shares_the_work_for_the_same_numbers(kind, corpus, monkeypatc
     folds = [MEMBERS[kind](c).fit(train[s:s + 200], y[s:s + 200], TASK_A_LABELS) for c, s in zip(configs, (0, 50, 100))]
     expected = np.mean([fm.predict_proba(test) for fm in folds], axis=0)
     if kind == "tfidf":
-        from sklearn.feature_extraction.text import CountVectorizer
+        import emitlab.members.tfidf as tfidf
 
         for fm in folds:
-            for vec in fm.vectorizers.values():
-                monkeypatch.setattr(vec, "transform", lambda *a: pytest.fail("a fold split the texts itself"))
+            monkeypatch.setattr(fm, "features", lambda *a: pytest.fail("a fold split the texts itself"))
         calls = []
-        original = CountVectorizer.transform
-        monkeypatch.setattr(CountVectorizer, "transform", lambda self, docs: calls.append(1) or original(self, docs))
+        original = tfidf.count_terms
+        monkeypatch.setattr(tfidf, "count_terms", lambda *a: calls.append(1) or original(*a))
     else:
         calls = []
         original = LexiconFeatures.transform

@@ -1,23 +1,30 @@
 """The TF-IDF member: word + character n-grams, one balanced logistic regression per label.
 
-The same model as the old ``models.baseline.TfidfBaseline`` (scikit-learn's ``TfidfVectorizer``
-and liblinear ``LogisticRegression`` do the fitting), but what is kept and saved are plain data:
+scikit-learn fits it (``TfidfVectorizer`` learns the vocabulary and idf, liblinear
+``LogisticRegression`` the heads); what is kept and saved are plain data:
 
 * per analyzer (``word``, ``char``): the vocabulary as JSON (``term -> column``) and ``idf_`` as
   a float64 ``.npy``;
 * the per-label weights ``W`` (L, n_word + n_char) and intercepts ``b`` (L,) as ``.npy``.
 
-Prediction is always ``sigmoid(hstack(word.transform, char.transform) @ W.T + b)``
-(:func:`.linear.logistic_proba`), before and after a save/load, so a reloaded member gives
-bit-identical probabilities. An export's TF-IDF folds split each text into n-grams and count them
-once for all of them (:meth:`TfidfMember.mean_proba`): only the weighing is per fold.
+Prediction never imports scikit-learn (its import is about a second of every ``emitlab predict``
+start-up): :class:`TermSplitter` splits a text into terms as the fitted ``TfidfVectorizer``
+does (``analyzer="word"``: tokens of two or more word characters, or ``"char_wb"``, lower-cased; the
+tests check it term for term against scikit-learn's analyzer), :func:`count_terms` counts them
+against the vocabulary and :func:`tfidf_weigh` does what ``TfidfTransformer`` does with those
+counts (``1 + log(tf)``, times idf, rows scaled to unit L2 norm). The scores are
+``sigmoid(hstack(word, char) @ W.T + b)`` (:func:`.linear.logistic_proba`), the same code before
+and after a save/load, so a reloaded member gives bit-identical probabilities. An export's TF-IDF
+folds split each text into n-grams and count them once for all of them (:meth:`TfidfMember.mean_proba`):
+only the weighing is per fold.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
-from itertools import chain
+import re
+from dataclasses import asdict, dataclass
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,27 +49,91 @@ from emitlab.members.linear import (
 from emitlab.settings import TfidfConfig
 
 ANALYZERS = ("word", "char")
-#: the ``TfidfVectorizer`` parameters that decide how a text is split into terms (not which terms count)
-ANALYSIS_PARAMS = ("input", "encoding", "decode_error", "strip_accents", "lowercase", "preprocessor", "tokenizer",
-                   "stop_words", "token_pattern", "ngram_range", "analyzer")
+_TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")  # TfidfVectorizer's default token_pattern
+_WHITE_SPACES_RE = re.compile(r"\s\s+")
 
 
-def _given_terms(terms: list[str]) -> list[str]:
-    """The analyzer of a vectorizer that counts terms split beforehand (see ``TfidfMember.mean_proba``)."""
-    return terms
+@dataclass(frozen=True)
+class TermSplitter:
+    """How one analyzer of :func:`make_vectorizer` splits a text into terms, without scikit-learn:
+    ``word`` n-grams (tokens of two or more word characters, joined by a space) or ``char``
+    n-grams inside words padded with a space (scikit-learn's ``char_wb``), both lower-cased.
+    Folds whose splitters are equal split texts alike (their counting is shared)."""
+
+    analyzer: str
+    ngram_range: tuple[int, int]
+
+    @classmethod
+    def of(cls, config: TfidfConfig, analyzer: str) -> "TermSplitter":
+        if analyzer == "word":
+            return cls("word", (1, config.word_ngram_max))
+        if analyzer == "char":
+            return cls("char", (config.char_ngram_min, config.char_ngram_max))
+        raise ValueError(f"unknown analyzer {analyzer!r}")
+
+    def __call__(self, text: str) -> list[str]:
+        return self._words(text.lower()) if self.analyzer == "word" else self._chars(text.lower())
+
+    def _words(self, text: str) -> list[str]:
+        tokens = _TOKEN_RE.findall(text)
+        lo, hi = self.ngram_range
+        terms = list(tokens) if lo == 1 else []
+        for n in range(max(lo, 2), min(hi, len(tokens)) + 1):
+            terms.extend(" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+        return terms
+
+    def _chars(self, text: str) -> list[str]:
+        lo, hi = self.ngram_range
+        terms: list[str] = []
+        for word in _WHITE_SPACES_RE.sub(" ", text).split():
+            w = f" {word} "
+            for n in range(lo, hi + 1):
+                if n >= len(w):  # a short word counts once, whole, for the first n that reaches its end
+                    terms.append(w)
+                    break
+                terms.extend(w[i:i + n] for i in range(len(w) - n + 1))
+        return terms
 
 
-def union_counter(group: Sequence["TfidfMember"], analyzer: str) -> tuple[Any, list[np.ndarray]]:
-    """For fold models that split texts alike: a ``CountVectorizer`` that counts given terms against
-    the union of their ``analyzer`` vocabularies, and for each fold the union column of each of its
-    own columns (``counts[:, cols]`` are the counts its vectorizer would make). Built once per group,
-    cached on its first fold."""
-    from sklearn.feature_extraction.text import CountVectorizer
+def count_terms(term_lists: Sequence[Sequence[str]], vocabulary: dict[str, int], n_columns: int
+                ) -> sparse.csr_matrix:
+    """Raw counts ``(len(term_lists), n_columns)`` float64 CSR, sorted indices, of the terms found
+    in ``vocabulary`` (others are skipped)."""
+    lengths = np.fromiter(map(len, term_lists), dtype=np.int64, count=len(term_lists))
+    ends = np.concatenate(([0], np.cumsum(lengths)))
+    ids = np.fromiter(map(vocabulary.get, chain.from_iterable(term_lists), repeat(-1)), dtype=np.int64,
+                      count=int(ends[-1]))
+    found = ids >= 0
+    indptr = np.concatenate(([0], np.cumsum(found)))[ends]
+    X = sparse.csr_matrix((np.ones(int(found.sum())), ids[found], indptr), shape=(len(term_lists), n_columns))
+    X.sum_duplicates()
+    return X
 
+
+def tfidf_weigh(counts: sparse.spmatrix, idf: np.ndarray) -> sparse.csr_matrix:
+    """``TfidfTransformer(sublinear_tf=True, norm="l2")`` with ``idf_ = idf`` on raw ``counts``:
+    ``(1 + log(tf)) * idf``, each row then divided by its L2 norm (rows without terms stay 0)."""
+    X = sparse.csr_matrix(counts, dtype=np.float64, copy=True)
+    X.sort_indices()
+    np.log(X.data, X.data)
+    X.data += 1.0
+    X.data *= idf[X.indices]
+    squares = sparse.csr_matrix((X.data * X.data, X.indices, X.indptr), shape=X.shape)
+    norms = np.sqrt(squares @ np.ones(X.shape[1]))  # summed in row order, as scikit-learn's normalize does
+    norms[norms == 0.0] = 1.0
+    X.data /= np.repeat(norms, np.diff(X.indptr))
+    return X
+
+
+def union_counter(group: Sequence["TfidfMember"], analyzer: str) -> tuple[dict[str, int], list[np.ndarray]]:
+    """For fold models that split texts alike: the union of their ``analyzer`` vocabularies
+    (term -> union column), and for each fold the union column of each of its own columns
+    (``counts[:, cols]`` are the counts of its own vocabulary). Built once per group, cached on its
+    first fold."""
     key = (analyzer, tuple(id(fm) for fm in group))
     hit = group[0]._unions.get(key)
     if hit is None:
-        vocabs = [fm.vectorizers[analyzer].vocabulary_ for fm in group]
+        vocabs = [fm.vocabularies[analyzer] for fm in group]
         union = {term: i for i, term in enumerate(dict.fromkeys(chain.from_iterable(vocabs)))}
         columns = []
         for vocab in vocabs:
@@ -70,24 +141,21 @@ def union_counter(group: Sequence["TfidfMember"], analyzer: str) -> tuple[Any, l
             cols[np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))] = np.fromiter(
                 map(union.__getitem__, vocab), dtype=np.int64, count=len(vocab))
             columns.append(cols)
-        counter = CountVectorizer(analyzer=_given_terms, vocabulary=union, dtype=np.float64)
-        hit = group[0]._unions[key] = (list(group), counter, columns)  # the folds kept: their ids stay theirs
+        hit = group[0]._unions[key] = (list(group), union, columns)  # the folds kept: their ids stay theirs
     return hit[1], hit[2]
 
 
-def make_vectorizer(config: TfidfConfig, analyzer: str, vocabulary: dict[str, int] | None = None):
-    """The (unfitted) ``TfidfVectorizer`` of one analyzer; with ``vocabulary`` it is fixed."""
+def make_vectorizer(config: TfidfConfig, analyzer: str):
+    """The (unfitted) scikit-learn ``TfidfVectorizer`` of one analyzer, used for fitting; its
+    splitting is :meth:`TermSplitter.of` ``(config, analyzer)``'s."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     c = config
-    if analyzer == "word":
-        kind, ngrams = "word", (1, c.word_ngram_max)
-    elif analyzer == "char":
-        kind, ngrams = "char_wb", (c.char_ngram_min, c.char_ngram_max)
-    else:
+    kind = {"word": "word", "char": "char_wb"}.get(analyzer)
+    if kind is None:
         raise ValueError(f"unknown analyzer {analyzer!r}")
-    return TfidfVectorizer(analyzer=kind, ngram_range=ngrams, min_df=c.min_df, max_features=c.max_features,
-                           sublinear_tf=True, lowercase=True, dtype=np.float64, vocabulary=vocabulary)
+    return TfidfVectorizer(analyzer=kind, ngram_range=TermSplitter.of(c, analyzer).ngram_range, min_df=c.min_df,
+                           max_features=c.max_features, sublinear_tf=True, lowercase=True, dtype=np.float64)
 
 
 class TfidfMember:
@@ -104,24 +172,28 @@ class TfidfMember:
     def __init__(self, config: TfidfConfig | None = None):
         self.config = config or TfidfConfig()
         self.label_names: list[str] = []
-        self.vectorizers: dict[str, Any] = {}
+        self.vocabularies: dict[str, dict[str, int]] = {}  # analyzer -> term -> column
+        self.idf: dict[str, np.ndarray] = {}  # analyzer -> idf per column
         self.W: np.ndarray | None = None
         self.b: np.ndarray | None = None
-        self._weighers: dict[str, Any] = {}  # analyzer -> TfidfTransformer (tfidf_of_counts)
         self._unions: dict[tuple, Any] = {}  # union_counter's cache, on a group's first fold
 
     # -- fitting and prediction --------------------------------------------------------------
     def features(self, texts: Sequence[str]) -> sparse.csr_matrix:
         """The TF-IDF matrix (n, n_word + n_char) of ``texts`` (after :meth:`fit`)."""
-        if not self.vectorizers:
+        if not self.vocabularies:
             raise RuntimeError("TfidfMember is not fitted")
         texts = list(texts)
-        return sparse.hstack([self.vectorizers[a].transform(texts) for a in ANALYZERS], format="csr")
+        blocks = []
+        for a in ANALYZERS:
+            split = self.splitter(a)
+            counts = count_terms([split(t) for t in texts], self.vocabularies[a], len(self.vocabularies[a]))
+            blocks.append(tfidf_weigh(counts, self.idf[a]))
+        return sparse.hstack(blocks, format="csr")
 
-    def analysis(self, analyzer: str) -> tuple:
-        """What decides how ``analyzer`` splits a text: folds with equal keys split texts alike."""
-        params = self.vectorizers[analyzer].get_params()
-        return (analyzer,) + tuple(repr(params[k]) for k in ANALYSIS_PARAMS)
+    def splitter(self, analyzer: str) -> TermSplitter:
+        """How ``analyzer`` splits a text: folds with equal splitters split texts alike."""
+        return TermSplitter.of(self.config, analyzer)
 
     @classmethod
     def mean_proba(cls, folds: Sequence["TfidfMember"], texts: Sequence[str]) -> np.ndarray:
@@ -129,54 +201,37 @@ class TfidfMember:
         that split texts alike share the work: each text is split into word and char n-grams once,
         and its n-grams are counted once against the union of those folds' vocabularies
         (:func:`union_counter`); each fold takes its own vocabulary's columns of the counts and weighs
-        them as its vectorizer does (:meth:`tfidf_of_counts`)."""
+        them (:func:`tfidf_weigh`)."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(folds[0].b)))
         blocks: dict[int, list] = {id(fm): [] for fm in folds}
         for a in ANALYZERS:
-            groups: dict[tuple, list[TfidfMember]] = {}
+            groups: dict[TermSplitter, list[TfidfMember]] = {}
             for fm in folds:
-                groups.setdefault(fm.analysis(a), []).append(fm)
-            for group in groups.values():
-                counter, columns = union_counter(group, a)
-                analyze = group[0].vectorizers[a].build_analyzer()
-                counts = counter.transform([analyze(t) for t in texts]).tocsc()
+                groups.setdefault(fm.splitter(a), []).append(fm)
+            for split, group in groups.items():
+                union, columns = union_counter(group, a)
+                counts = count_terms([split(t) for t in texts], union, len(union)).tocsc()
                 for fm, cols in zip(group, columns):
-                    blocks[id(fm)].append(fm.tfidf_of_counts(a, counts[:, cols]))
+                    blocks[id(fm)].append(tfidf_weigh(counts[:, cols], fm.idf[a]))
         total = np.zeros((len(texts), len(folds[0].b)))
         for fm in folds:
             total += logistic_proba(sparse.hstack(blocks[id(fm)], format="csr"), fm.W, fm.b)
         return total / len(folds)
-
-    def tfidf_of_counts(self, analyzer: str, counts: sparse.spmatrix) -> sparse.csr_matrix:
-        """``analyzer``'s TF-IDF block of raw term ``counts`` (columns in its vocabulary's order): what its
-        vectorizer (:func:`make_vectorizer`: counts, idf) does once it has counted (tf, idf and norm)."""
-        from sklearn.feature_extraction.text import TfidfTransformer
-
-        vec = self.vectorizers[analyzer]
-        X = sparse.csr_matrix(counts, dtype=vec.dtype)
-        X.sort_indices()
-        tfidf = self._weighers.get(analyzer)
-        if tfidf is None:
-            tfidf = TfidfTransformer(norm=vec.norm, smooth_idf=vec.smooth_idf, sublinear_tf=vec.sublinear_tf)
-            tfidf.idf_ = vec.idf_
-            self._weighers[analyzer] = tfidf
-        return tfidf.transform(X, copy=False)
 
     def fit(self, texts: Sequence[str], labels: np.ndarray, label_names: Sequence[str],
             mask: np.ndarray | None = None, sample_weight: np.ndarray | None = None,
             extra_rows: np.ndarray | None = None) -> "TfidfMember":
         texts = list(texts)
         y = check_fit_inputs(texts, labels, label_names)
-        self.vectorizers = {}
+        self.vocabularies, self.idf, self._unions = {}, {}, {}
         blocks = []
         for a in ANALYZERS:
             vec = make_vectorizer(self.config, a)
             blocks.append(vec.fit_transform(texts))
-            vars(vec).pop("stop_words_", None)  # the terms cut by max_features/min_df: unused, can be huge
-            self.vectorizers[a] = vec
-        self._weighers, self._unions = {}, {}
+            self.vocabularies[a] = {str(term): int(col) for term, col in vec.vocabulary_.items()}
+            self.idf[a] = np.asarray(vec.idf_, dtype=np.float64)
         X = sparse.hstack(blocks, format="csr")
         self.W, self.b = fit_logistic_heads(X, y, C=self.config.C, class_weight=self.config.class_weight,
                                             mask=mask, sample_weight=sample_weight)
@@ -192,7 +247,7 @@ class TfidfMember:
 
     @property
     def n_features(self) -> dict[str, int]:
-        return {a: len(self.vectorizers[a].vocabulary_) for a in ANALYZERS}
+        return {a: len(self.vocabularies[a]) for a in ANALYZERS}
 
     # -- saving and loading ------------------------------------------------------------------
     def save(self, folder: Path) -> dict[str, Any]:
@@ -202,12 +257,11 @@ class TfidfMember:
         folder.mkdir(parents=True, exist_ok=True)
         files: dict[str, str] = {}
         for a in ANALYZERS:
-            vec = self.vectorizers[a]
-            vocab = {str(term): int(col) for term, col in sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])}
+            vocab = dict(sorted(self.vocabularies[a].items(), key=lambda kv: kv[1]))
             name = f"{a}_vocabulary.json"
             atomic_write_text(folder / name, json.dumps(vocab, ensure_ascii=False))
             files[f"{a}_vocabulary"] = name
-            files[f"{a}_idf"] = save_array(folder, f"{a}_idf.npy", np.asarray(vec.idf_, dtype=np.float64))
+            files[f"{a}_idf"] = save_array(folder, f"{a}_idf.npy", self.idf[a])
         files.update(save_heads(folder, self.W, self.b))
         return {"kind": self.kind, "config": asdict(self.config), "label_names": list(self.label_names),
                 "files": files, "n_features": self.n_features}
@@ -243,9 +297,7 @@ class TfidfMember:
             if idf.shape[0] != len(vocab):
                 raise ModelFormatError(f"{ipath}: has {idf.shape[0]} idf values, "
                                        f"but {vpath.name} has {len(vocab)} terms")
-            vec = make_vectorizer(obj.config, a, vocabulary=vocab)
-            vec.idf_ = idf  # builds the inner TfidfTransformer and fixes vocabulary_
-            obj.vectorizers[a] = vec
+            obj.vocabularies[a], obj.idf[a] = vocab, idf
             total += n
         obj.W, obj.b = load_heads(folder, files, len(obj.label_names), total)
         return obj
