@@ -232,8 +232,8 @@ def test_the_parser_and_settings_do_not_import_torch():
 
 def test_predict_does_not_import_scikit_learn(tiny_ensemble_export, tmp_path):
     """`emitlab predict` with a whole ensemble (TF-IDF, lexicon and transformer folds, a combiner,
-    a decoder) never imports scikit-learn: fitting needs it, predicting does not (about a second of
-    every start-up)."""
+    a decoder) never imports scikit-learn: fitting needs it, predicting does not (its import is a
+    sizeable part of every start-up)."""
     code = ("import sys\n"
             "from emitlab.cli import main\n"
             f"rc = main(['-q', 'predict', '--model', {str(tiny_ensemble_export)!r}, 'Che bella giornata!', "

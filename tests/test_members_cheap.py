@@ -205,7 +205,7 @@ def test_tfidf_prediction_path_equals_scikit_learn(cfg, corpus):
 
 def test_tfidf_predicts_without_importing_scikit_learn(fitted, corpus, tmp_path):
     """A saved TF-IDF member loads and predicts in a process that never imports scikit-learn (its
-    import is about a second of every `emitlab predict` start-up)."""
+    import is a sizeable part of every `emitlab predict` start-up)."""
     import subprocess
     import sys
 

@@ -7,7 +7,7 @@ scikit-learn fits it (``TfidfVectorizer`` learns the vocabulary and idf, libline
   a float64 ``.npy``;
 * the per-label weights ``W`` (L, n_word + n_char) and intercepts ``b`` (L,) as ``.npy``.
 
-Prediction never imports scikit-learn (its import is about a second of every ``emitlab predict``
+Prediction never imports scikit-learn (its import is a sizeable part of every ``emitlab predict``
 start-up): :class:`TermSplitter` splits a text into terms as the fitted ``TfidfVectorizer``
 does (``analyzer="word"``: tokens of two or more word characters, or ``"char_wb"``, lower-cased; the
 tests check it term for term against scikit-learn's analyzer), :func:`count_terms` counts them
