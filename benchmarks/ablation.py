@@ -14,7 +14,10 @@ line and seed the runner calls::
         --seed S --no-report --out benchmarks/runs/ablation/<line>-s<seed> <line's flags> <--extra>
 
 A (line, seed) whose ``metrics.json`` exists is skipped and an interrupted one is continued
-(``--resume``), so the runner can be stopped and started again. A folder made by another
+(``--resume``), so the runner can be stopped and started again. ``--jobs N`` runs N of them at a
+time, each on its share of the cores (``OMP_NUM_THREADS``), its output in ``<run folder>.log``:
+on a small machine several one-thread trainings get more done per hour than one on all cores,
+but then the runs' seconds say little about the lines' costs. A folder made by another
 command, or by the same command when it resolved to other settings (a default or a profile has
 changed since: ``emitlab run --print-config`` shows what it resolves to now), is refused rather
 than mixed in. A flag starting with ``--`` and
@@ -169,13 +172,36 @@ def planned_settings(command: list[str]) -> dict[str, dict[str, Any]]:
     return json.loads(done.stdout)
 
 
-def run_one(entry: dict[str, Any]) -> bool:
+def run_one(entry: dict[str, Any], threads: int | None = None) -> bool:
+    """Run one (line, seed); with ``threads`` (``--jobs`` > 1) on that many threads, its output
+    going to ``<run folder>.log`` instead of this terminal."""
     command = list(entry["command"]) + (["--resume"] if entry["status"] == "resume" else [])
-    print(f"\n=== {entry['name']} seed {entry['seed']} ({entry['status']}): {shlex.join(command)}", flush=True)
+    log = entry["folder"].with_name(entry["folder"].name + ".log") if threads else None
+    print(f"\n=== {entry['name']} seed {entry['seed']} ({entry['status']}): {shlex.join(command)}"
+          + (f"\n    ({threads} thread(s), output in {log})" if log else ""), flush=True)
     t0 = time.time()
-    code = subprocess.run(command, cwd=REPO).returncode
+    if log is None:
+        code = subprocess.run(command, cwd=REPO).returncode
+    else:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as out:
+            code = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     print(f"=== {entry['name']} seed {entry['seed']}: exit {code} after {time.time() - t0:.0f} s", flush=True)
     return code == 0
+
+
+def run_all(entries: list[dict[str, Any]], jobs: int = 1) -> list[str]:
+    """Run every entry not done, ``jobs`` at a time in plan order; the names of those that failed."""
+    todo = [e for e in entries if e["status"] != "done"]
+    if jobs <= 1:
+        return [f"{e['name']}-s{e['seed']}" for e in todo if not run_one(e)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        ok = list(pool.map(lambda e: run_one(e, threads), todo))
+    return [f"{e['name']}-s{e['seed']}" for e, good in zip(todo, ok) if not good]
 
 
 # --------------------------------------------------------------------------------------
@@ -223,7 +249,8 @@ def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:
         if row is None:
             line["missing_seeds"].append(e["seed"])
         else:
-            line["seeds"][str(e["seed"])] = {**row, "run": shown(e["folder"])}
+            parallel = e["folder"].with_name(e["folder"].name + ".log").is_file()  # made with --jobs > 1
+            line["seeds"][str(e["seed"])] = {**row, "run": shown(e["folder"]), "parallel": parallel}
     values = {name: {k: [r[k] for r in line["seeds"].values() if r.get(k) is not None] for k in METRICS}
               for name, line in lines.items()}
     for name, line in lines.items():
@@ -292,6 +319,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Where the run folders go (default: benchmarks/runs/ablation).")
     p.add_argument("--name", default=None,
                    help="Result name: benchmarks/results/NAME.json (default: ablation_task-<T>).")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="Runs at a time (default 1). With N > 1 each gets the machine's cores / N threads "
+                        "(OMP_NUM_THREADS) and writes its output to <run folder>.log; on a small machine this "
+                        "gets more done per hour, but the runs' seconds are then not comparable with runs made "
+                        "alone.")
     p.add_argument("--dry-run", action="store_true",
                    help="Print the plan (status and command of every run); run nothing.")
     p.add_argument("--collect", action="store_true",
@@ -305,6 +337,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.name = args.name or f"ablation_task-{args.task}"
     if args.folds < 1:
         p.error("--folds must be >= 1")
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     return args
 
 
@@ -330,13 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data.startswith("hf:") and not (REPO / args.data).exists():
             print(f"ablation: no data at {args.data} (set EMITLAB_DATA or pass --data)", file=sys.stderr)
             return 2
-        for e in entries:
-            if e["status"] != "done" and not run_one(e):
-                failed.append(f"{e['name']}-s{e['seed']}")
+        failed = run_all(entries, args.jobs)
     summary = summarise(entries)
     payload = {"command": shlex.join([sys.executable, *sys.argv]), "git": git_commit(),
                "settings": {"lines": args.line, "seeds": args.seeds, "folds": args.folds, "task": args.task,
-                            "data": args.data, "extra": args.extra, "runs_dir": shown(args.runs_dir)},
+                            "data": args.data, "extra": args.extra, "runs_dir": shown(args.runs_dir),
+                            "jobs": args.jobs},
                "failed": failed, **summary}
     path = write_result(args.name, payload)
     print(markdown_table(summary))

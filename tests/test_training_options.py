@@ -537,6 +537,49 @@ def test_ablation_runner_dry_run_and_collect(tiny_model, emit_folder, tmp_path, 
     assert "| loss-asl | 3 | 0.6100 ± 0.0100 (+0.0900*) |" in table
 
 
+def test_ablation_jobs_run_side_by_side_on_a_share_of_the_cores(tmp_path, monkeypatch):
+    """--jobs 2: the runs not done go two at a time, each on cores // 2 threads (OMP_NUM_THREADS) with
+    its output in <run folder>.log, in plan order; a done run is skipped; failures are named; the
+    summary marks such runs as parallel."""
+    import os
+    import threading
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    ab = _ablation_module()
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    entries = []
+    for seed, status in ((1, "done"), (2, "todo"), (3, "resume"), (4, "todo")):
+        folder = tmp_path / f"baseline-s{seed}"
+        entries.append({"line": "baseline", "name": "baseline", "seed": seed, "folder": folder, "status": status,
+                        "command": ["python", "-m", "emitlab.cli", "run", "--seed", str(seed)]})
+    calls, running, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def fake_run(command, cwd=None, env=None, stdout=None, stderr=None):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        stdout.write("training...\n")
+        threading.Event().wait(0.2)
+        with lock:
+            running[0] -= 1
+            calls.append((command, env["OMP_NUM_THREADS"], Path(stdout.name).name))
+        return SimpleNamespace(returncode=1 if "4" in command else 0)
+
+    monkeypatch.setattr(ab.subprocess, "run", fake_run)
+    assert ab.run_all(entries, jobs=2) == ["baseline-s4"]
+    assert most[0] == 2 and len(calls) == 3
+    assert {c[1] for c in calls} == {"2"}
+    assert sorted(c[2] for c in calls) == ["baseline-s2.log", "baseline-s3.log", "baseline-s4.log"]
+    assert [c[0] for c in calls if c[2] == "baseline-s3.log"][0][-1] == "--resume"
+    assert (tmp_path / "baseline-s2.log").read_text() == "training...\n"
+    rows = {"nested_macro_f1": 0.5}
+    monkeypatch.setattr(ab, "read_run", lambda folder: dict(rows))
+    seeds = ab.summarise(entries)["lines"]["baseline"]["seeds"]
+    assert seeds["1"]["parallel"] is False and seeds["2"]["parallel"] is True
+
+
 def test_num_layers_keeps_the_lower_pretrained_layers(tiny_model):
     from transformers import AutoModel
 
