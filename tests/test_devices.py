@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from emitlab import devices
 from emitlab.cli import main
 from emitlab.devices import check_processes_fit_devices, model_device, pick_device, precision_flags
 from emitlab.errors import SettingsError
@@ -33,7 +34,11 @@ def test_precision_flags(monkeypatch):
     assert precision_flags("auto", "cuda") == {"bf16": True, "fp16": False}
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert precision_flags("auto", "cuda") == {"bf16": False, "fp16": True}
-    assert precision_flags("auto", "cpu") == {"bf16": False, "fp16": False}  # the CPU: fp32 unless asked
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
+    assert precision_flags("auto", "cpu") == {"bf16": False, "fp16": False}  # no native bf16: fp32
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
+    assert precision_flags("auto", "cpu") == {"bf16": True, "fp16": False}   # native bf16: autocast
+    assert precision_flags("fp32", "cpu") == {"bf16": False, "fp16": False}
     assert precision_flags("fp16", "cpu") == {"bf16": False, "fp16": False}  # fp16: CUDA only
     assert precision_flags("bf16", "cpu") == {"bf16": True, "fp16": False}   # bf16 autocast on the CPU, when asked
     assert precision_flags("bf16", "mps") == {"bf16": False, "fp16": False}

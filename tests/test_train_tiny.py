@@ -182,15 +182,17 @@ def test_resume_skips_checkpoints_that_were_not_completely_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-20.tmp", "checkpoint-5"]
 
 
-def test_bf16_autocast_on_the_cpu(tiny_model, emit_folder, tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_cpu_precisions_train(tiny_model, emit_folder, tmp_path, precision):
     """``--precision bf16 --device cpu``: the Trainer's CPU autocast trains; the model it keeps, its
-    predictions and the export are float32, and the reload reproduces them."""
-    out = tmp_path / "bf16"
+    predictions and the export are float32, and the reload reproduces them. ``fp32``: the path
+    ``auto`` takes on a CPU without native bf16 (and this one's, if it has it), run here too."""
+    out = tmp_path / precision
     assert main(["-q", "train", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
-                 "--no-report", "--precision", "bf16", "--device", "cpu"] + TRAIN_ARGS) == 0
+                 "--no-report", "--precision", precision, "--device", "cpu"] + TRAIN_ARGS) == 0
     m = json.loads((out / "metrics.json").read_text())
     info = m["members"]["transformer"]["training"][0]
-    assert info["precision"] == {"bf16": True} and info["device"] == "cpu"
+    assert info["precision"] == ({"bf16": True} if precision == "bf16" else "fp32") and info["device"] == "cpu"
     assert m["export"]["reload_max_abs_diff"] == 0.0
     assert m["models"]["transformer"]["validation"]["macro_f1"] > 0.3  # it learnt the synthetic cues
 
