@@ -185,8 +185,8 @@ def test_resume_skips_checkpoints_that_were_not_completely_written(tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_cpu_precisions_train(tiny_model, emit_folder, tmp_path, precision):
     """``--precision bf16 --device cpu``: the Trainer's CPU autocast trains; the model it keeps, its
-    predictions and the export are float32, and the reload reproduces them. ``fp32``: the path
-    ``auto`` takes on a CPU without native bf16 (and this one's, if it has it), run here too."""
+    predictions and the export are float32, and the reload reproduces them. ``fp32``: what ``auto``
+    does on a CPU without native bf16, run here whatever this CPU has."""
     out = tmp_path / precision
     assert main(["-q", "train", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
                  "--no-report", "--precision", precision, "--device", "cpu"] + TRAIN_ARGS) == 0
