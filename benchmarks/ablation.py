@@ -237,7 +237,19 @@ def read_run(folder: Path) -> dict[str, Any] | None:
         except (KeyError, TypeError, ValueError):
             row[key] = None
     row["run_seconds"] = (metrics.get("timings_s") or {}).get("total")
+    row["precision"] = trained_precision(metrics)
     return row
+
+
+def trained_precision(metrics: dict[str, Any]) -> str | None:
+    """The precision the run's transformer trained in (``bf16``, ``fp16``, ``fp32``): ``--precision
+    auto`` resolves by machine and, since 870466d, to bf16 on CPUs with native bf16, so a line run at
+    another commit or on another machine may differ from its reference without saying so in its flags."""
+    fits = ((metrics.get("members") or {}).get("transformer") or {}).get("training") or []
+    flags = fits[0].get("precision") if fits else None
+    if isinstance(flags, dict):
+        return "+".join(sorted(k for k, on in flags.items() if on)) or "fp32"
+    return flags
 
 
 def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -255,6 +267,7 @@ def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:
               for name, line in lines.items()}
     for name, line in lines.items():
         line["n"] = len(line["seeds"])
+        line["precisions"] = sorted({r["precision"] for r in line["seeds"].values() if r.get("precision")})
         line["mean"], line["std"] = {}, {}
         for k in METRICS:
             line["mean"][k], line["std"][k] = mean_std(values[name][k])
@@ -270,7 +283,9 @@ def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:
             line["delta"][k] = delta
             line["pooled_std"][k] = spread
             line["beyond_spread"][k] = None if delta is None or spread is None else abs(delta) > spread
-    return {"reference": reference, "lines": lines}
+    mixed = [name for name, line in lines.items()
+             if reference is not None and line["precisions"] != lines[reference]["precisions"]]
+    return {"reference": reference, "lines": lines, "precision_differs": mixed}
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
@@ -373,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
                "failed": failed, **summary}
     path = write_result(args.name, payload)
     print(markdown_table(summary))
+    if summary["precision_differs"]:
+        said = {n: ", ".join(line["precisions"]) for n, line in summary["lines"].items()}
+        print(f"ablation: WARNING: these lines trained in another precision than {summary['reference']} "
+              f"({said[summary['reference']]}): " + ", ".join(f"{n} ({said[n]})" for n in summary["precision_differs"]),
+              file=sys.stderr)
     print(f"result written to {path}" + (f"; {len(failed)} run(s) failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

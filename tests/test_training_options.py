@@ -518,6 +518,9 @@ def test_ablation_runner_dry_run_and_collect(tiny_model, emit_folder, tmp_path, 
             m = json.loads(json.dumps(template))
             m["models"]["transformer"]["nested_macro_f1"] = value
             m["members"]["transformer"]["fold_seconds"] = [10.0, 20.0]
+            # the asl line trained in bf16 (say, made after auto became bf16 on this CPU): flagged
+            m["members"]["transformer"]["training"] = [
+                {"precision": "fp32" if name == "baseline" else {"bf16": True, "fp16": False}}]
             folder = tmp_path / "made-up" / f"{name}-s{seed}"
             folder.mkdir(parents=True)
             (folder / "metrics.json").write_text(json.dumps(m))
@@ -533,6 +536,8 @@ def test_ablation_runner_dry_run_and_collect(tiny_model, emit_folder, tmp_path, 
     assert asl["beyond_spread"]["nested_macro_f1"] is True
     assert asl["delta"]["train_seconds"] == 0.0 and asl["beyond_spread"]["train_seconds"] is False
     assert "delta" not in base
+    assert base["precisions"] == ["fp32"] and asl["precisions"] == ["bf16"] and asl["seeds"]["1"]["precision"] == "bf16"
+    assert summary["precision_differs"] == ["loss-asl"]
     table = ab.markdown_table(summary)
     assert "| loss-asl | 3 | 0.6100 ± 0.0100 (+0.0900*) |" in table
 
