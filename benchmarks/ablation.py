@@ -283,8 +283,8 @@ def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:
             line["delta"][k] = delta
             line["pooled_std"][k] = spread
             line["beyond_spread"][k] = None if delta is None or spread is None else abs(delta) > spread
-    mixed = [name for name, line in lines.items()
-             if reference is not None and line["precisions"] != lines[reference]["precisions"]]
+    known = lines[reference]["precisions"] if reference is not None else []
+    mixed = [name for name, line in lines.items() if known and line["precisions"] and line["precisions"] != known]
     return {"reference": reference, "lines": lines, "precision_differs": mixed}
 
 
