@@ -247,9 +247,8 @@ def trained_precision(metrics: dict[str, Any]) -> str | None:
     another commit or on another machine may differ from its reference without saying so in its flags."""
     fits = ((metrics.get("members") or {}).get("transformer") or {}).get("training") or []
     flags = fits[0].get("precision") if fits else None
-    if isinstance(flags, dict):
-        return "+".join(sorted(k for k, on in flags.items() if on)) or "fp32"
-    return flags
+    # metrics.json keeps only the flags that are on ({"bf16": True}) or says "fp32"
+    return "+".join(sorted(flags)) if isinstance(flags, dict) else flags
 
 
 def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:

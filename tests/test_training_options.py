@@ -520,7 +520,7 @@ def test_ablation_runner_dry_run_and_collect(tiny_model, emit_folder, tmp_path, 
             m["members"]["transformer"]["fold_seconds"] = [10.0, 20.0]
             # the asl line trained in bf16 (say, made after auto became bf16 on this CPU): flagged
             m["members"]["transformer"]["training"] = [
-                {"precision": "fp32" if name == "baseline" else {"bf16": True, "fp16": False}}]
+                {"precision": "fp32" if name == "baseline" else {"bf16": True}}]
             folder = tmp_path / "made-up" / f"{name}-s{seed}"
             folder.mkdir(parents=True)
             (folder / "metrics.json").write_text(json.dumps(m))
