@@ -28,7 +28,11 @@ transformer's nested out-of-fold macro-F1, its out-of-fold macro-F1, test macro-
 and calibrated, and the training seconds (all folds); per line the mean and standard deviation
 (ddof=1) over seeds; and per line the delta of each mean from the reference line (``baseline``,
 else the first) and whether ``|delta|`` exceeds the pooled standard deviation of the two lines
-(``beyond_spread``: a change larger than the seed-to-seed spread, not a significance test). It
+(``beyond_spread``: a change larger than the seed-to-seed spread, not a significance test). The
+out-of-domain proxy (MultiEmotions-It) is scored on all of it by a line that does not train on it and
+on its held-out rows only by one that does, so each line's ``ood_proxy_paired`` also holds, seed by
+seed, its proxy score minus the reference run's on the same texts (the reference's predictions and
+decoder, rows from the line's ``folds.json``), and their mean and std. It
 records the command, machine, date, versions (``record.write_result``) and the git commit. A
 markdown table goes to stdout.
 """
@@ -241,6 +245,57 @@ def read_run(folder: Path) -> dict[str, Any] | None:
     return row
 
 
+def proxy_rows(folder: Path, reference_gold: Any) -> Any:
+    """Where the out-of-domain proxy texts a run scored sit among those a reference run of the same
+    seed scored (its gold labels ``reference_gold``): all of them when both predicted MultiEmotions-It
+    zero-shot; when the run trained on it, its held-out rows (``folds.json``), the reference's rows
+    less those with none of the run's ``--extra-data-labels`` (which the run dropped). None when the
+    gold labels there are not the run's (another corpus before it, another split, no proxy)."""
+    import numpy as np
+
+    rows = np.arange(len(reference_gold))
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        gold = np.load(folder / "predictions.npz")["y_ood_proxy"]
+        if metrics["ood_proxy"]["mode"] == "out-of-fold":
+            keep = json.loads((folder / "config.json").read_text())["data"]["extra_data_labels"]
+            if keep:
+                rows = np.flatnonzero(reference_gold[:, [metrics["label_names"].index(lab) for lab in keep]].any(1))
+            folds = json.loads((folder / "folds.json").read_text())["default"]["extra"]["fold_of_row"]
+            if len(folds) != len(rows):
+                return None
+            rows = rows[np.asarray(folds) >= 0]
+    except (OSError, KeyError, ValueError):
+        return None
+    if len(rows) != len(gold) or not (reference_gold[rows] == gold).all():
+        return None
+    return rows
+
+
+def paired_proxy(folder: Path, reference: Path) -> dict[str, float] | None:
+    """A run's calibrated proxy macro-F1 and the reference run's on the same texts (see
+    :func:`proxy_rows`); the run's may be on a held-out tenth where the reference's covers the
+    whole corpus, so only the paired pair compares like with like. None when they cannot be paired."""
+    import numpy as np
+
+    from emitlab.engine.calibration import Decoder
+    from emitlab.scoring import macro_f1
+
+    try:
+        ref = np.load(reference / "predictions.npz")
+        ref_gold, ref_probs = ref["y_ood_proxy"], ref["transformer_ood_proxy"]
+    except (OSError, KeyError):
+        return None
+    rows = proxy_rows(folder, ref_gold)
+    if rows is None:
+        return None
+    ref_metrics = json.loads((reference / "metrics.json").read_text())
+    decoder = Decoder.from_dict(ref_metrics["models"]["transformer"]["calibration"]["decoder"])
+    run = float(json.loads((folder / "metrics.json").read_text())["models"]["transformer"]["ood_proxy"]["macro_f1"])
+    ref_score = macro_f1(ref_gold[rows], decoder.decode(ref_probs[rows]))
+    return {"n": int(len(rows)), "macro_f1": run, "reference_macro_f1": ref_score, "delta": run - ref_score}
+
+
 def trained_precision(metrics: dict[str, Any]) -> str | None:
     """The precision the run's transformer trained in (``bf16``, ``fp16``, ``fp32``): ``--precision
     auto`` resolves by machine and, since 870466d, to bf16 on CPUs with native bf16, so a line run at
@@ -271,6 +326,10 @@ def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:
         for k in METRICS:
             line["mean"][k], line["std"][k] = mean_std(values[name][k])
     reference = "baseline" if "baseline" in lines else next(iter(lines), None)
+    folder_of: dict[str, dict[str, Path]] = {}
+    for e in entries:
+        if str(e["seed"]) in lines[e["name"]]["seeds"]:
+            folder_of.setdefault(e["name"], {})[str(e["seed"])] = e["folder"]
     for name, line in lines.items():
         if name == reference or reference is None:
             continue
@@ -282,6 +341,16 @@ def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:
             line["delta"][k] = delta
             line["pooled_std"][k] = spread
             line["beyond_spread"][k] = None if delta is None or spread is None else abs(delta) > spread
+        # the proxy scored on the same texts, seed by seed (zero-shot runs score all of them, runs that
+        # train on the corpus its held-out rows only)
+        ref_folders = folder_of.get(reference, {})
+        pairs = {seed: paired_proxy(folder, ref_folders[seed])
+                 for seed, folder in folder_of.get(name, {}).items() if seed in ref_folders}
+        pairs = {seed: p for seed, p in pairs.items() if p is not None}
+        deltas = [p["delta"] for p in pairs.values()]
+        mean, std = mean_std(deltas)
+        line["ood_proxy_paired"] = {"seeds": pairs, "delta_mean": mean, "delta_std": std,
+                                    "beyond_spread": None if std is None else abs(mean) > std}
     known = lines[reference]["precisions"] if reference is not None else []
     mixed = [name for name, line in lines.items() if known and line["precisions"] and line["precisions"] != known]
     return {"reference": reference, "lines": lines, "precision_differs": mixed}
@@ -300,11 +369,32 @@ def markdown_table(summary: dict[str, Any]) -> str:
             text += "*)" if line["beyond_spread"][k] else ")"
         return text
 
+    def paired(line: dict[str, Any]) -> str:
+        p = line.get("ood_proxy_paired") or {}
+        if p.get("delta_mean") is None:
+            return "-"
+        text = "{:+.4f}".format(p["delta_mean"])
+        text += "" if p["delta_std"] is None else " ± {:.4f}".format(p["delta_std"])
+        return text + ("*" if p["beyond_spread"] else "") + f" ({len(p['seeds'])})"
+
+    keys = list(METRICS)
+    with_paired = any((line.get("ood_proxy_paired") or {}).get("delta_mean") is not None
+                      for line in summary["lines"].values())
     head = ["line", "seeds", *HEADERS.values()]
+    if with_paired:  # after the proxy column
+        at = keys.index("ood_proxy_macro_f1") + 3
+        head.insert(at, "OOD proxy, paired delta")
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, line in summary["lines"].items():
-        rows.append("| " + " | ".join([name, str(line["n"])] + [cell(line, k) for k in METRICS]) + " |")
+        cells = [name, str(line["n"])] + [cell(line, k) for k in keys]
+        if with_paired:
+            cells.insert(at, paired(line))
+        rows.append("| " + " | ".join(cells) + " |")
     rows.append(f"\nmean ± std over seeds (ddof=1); (delta from {summary['reference']}), * = |delta| > pooled std")
+    if with_paired:
+        rows.append(f"OOD proxy, paired delta: the line's proxy score minus {summary['reference']}'s on the same "
+                    "texts, seed by seed (mean ± std of the differences, * = |mean| > std; in parentheses the "
+                    "seeds paired)")
     return "\n".join(rows)
 
 

@@ -585,6 +585,74 @@ def test_ablation_jobs_run_side_by_side_on_a_share_of_the_cores(tmp_path, monkey
     assert seeds["1"]["parallel"] is False and seeds["2"]["parallel"] is True
 
 
+def test_ablation_pairs_the_proxy_texts_of_a_line_with_its_reference(tmp_path):
+    """The proxy delta on the same texts: a zero-shot line scores all of them like the reference, a
+    line that trains on the corpus only its held-out rows (folds.json), one with --extra-data-labels
+    lacks the corpus rows with none of those labels; gold labels that do not match give no pair."""
+    from sklearn.metrics import f1_score
+
+    ab = _ablation_module()
+    names = ["Anger", "Fear", "Joy"]
+    rng = np.random.default_rng(0)
+    gold = (rng.random((40, 3)) < 0.4).astype(np.int64)
+    probs = rng.random((40, 3))
+
+    def run(name, mode, y, p, score=0.0, extra_labels=(), fold_of_row=None, decoder_threshold=0.5):
+        folder = tmp_path / name
+        folder.mkdir()
+        metrics = {"label_names": names, "ood_proxy": {"mode": mode},
+                   "models": {"transformer": {"ood_proxy": {"macro_f1": score}, "calibration": {"decoder": {
+                       "label_names": names, "thresholds": [decoder_threshold] * 3, "at_least_one": False,
+                       "neutral_exclusive": False}}}}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "config.json").write_text(json.dumps({"data": {"extra_data_labels": list(extra_labels)}}))
+        if fold_of_row is not None:
+            (folder / "folds.json").write_text(json.dumps({"default": {"extra": {"fold_of_row": fold_of_row}}}))
+        np.savez(folder / "predictions.npz", y_ood_proxy=y, transformer_ood_proxy=p)
+        return folder
+
+    def ref_on(rows, threshold=0.3):
+        return f1_score(gold[rows], (probs[rows] >= threshold).astype(int), average="macro", zero_division=0)
+
+    ref = run("baseline-s1", "zero-shot", gold, probs, decoder_threshold=0.3)
+    zero_shot = run("xed-s1", "zero-shot", gold, probs, score=0.4)
+    held_out = np.zeros(40, dtype=int) - 1
+    held_out[[3, 7, 11, 20, 33]] = 0
+    trained = run("mei-s1", "out-of-fold", gold[[3, 7, 11, 20, 33]], probs[:5], score=0.6,
+                  fold_of_row=held_out.tolist())
+    kept = np.flatnonzero(gold[:, [0, 2]].any(1))  # --extra-data-labels Anger Joy: rows with Fear alone dropped
+    assert 0 < len(kept) < 40
+    folds = np.zeros(len(kept), dtype=int) - 1
+    folds[::4] = 0
+    masked = run("masked-s1", "out-of-fold", gold[kept[::4]], probs[: len(kept[::4])], score=0.5,
+                 extra_labels=["Anger", "Joy"], fold_of_row=folds.tolist())
+    wrong = run("wrong-s1", "out-of-fold", 1 - gold[[3, 7, 11, 20, 33]], probs[:5], fold_of_row=held_out.tolist())
+
+    assert ab.proxy_rows(zero_shot, gold).tolist() == list(range(40))
+    assert ab.proxy_rows(trained, gold).tolist() == [3, 7, 11, 20, 33]
+    assert ab.proxy_rows(masked, gold).tolist() == kept[::4].tolist()
+    assert ab.proxy_rows(wrong, gold) is None
+    assert ab.proxy_rows(tmp_path / "missing", gold) is None
+    pair = ab.paired_proxy(trained, ref)
+    assert pair["n"] == 5 and pair["macro_f1"] == 0.6
+    assert pair["reference_macro_f1"] == pytest.approx(ref_on([3, 7, 11, 20, 33]))  # the reference's own decoder
+    assert pair["delta"] == pytest.approx(0.6 - ref_on([3, 7, 11, 20, 33]))
+    assert ab.paired_proxy(zero_shot, ref)["reference_macro_f1"] == pytest.approx(ref_on(np.arange(40)))
+    assert ab.paired_proxy(masked, ref)["reference_macro_f1"] == pytest.approx(ref_on(kept[::4]))
+    assert ab.paired_proxy(wrong, ref) is None
+    # in the summary and its table: the deltas over the seeds paired
+    entries = [{"line": line, "name": ab.line_name(line), "seed": 1, "folder": folder}
+               for line, folder in (("baseline", ref), ("--extra-data mei", trained), ("--loss wrong", wrong))]
+    summary = ab.summarise(entries)
+    mei = summary["lines"]["extra-data-mei"]["ood_proxy_paired"]
+    assert mei["delta_mean"] == pytest.approx(pair["delta"]) and mei["delta_std"] is None
+    assert list(mei["seeds"]) == ["1"]
+    assert summary["lines"]["loss-wrong"]["ood_proxy_paired"]["seeds"] == {}
+    table = ab.markdown_table(summary)
+    assert "OOD proxy, paired delta" in table.splitlines()[0]
+    assert f"| {pair['delta']:+.4f} (1) |" in table
+
+
 def test_num_layers_keeps_the_lower_pretrained_layers(tiny_model):
     from transformers import AutoModel
 
