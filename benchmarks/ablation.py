@@ -275,7 +275,7 @@ def proxy_rows(folder: Path, reference_gold: Any) -> Any:
 def paired_proxy(folder: Path, reference: Path) -> dict[str, float] | None:
     """A run's calibrated proxy macro-F1 and the reference run's on the same texts (see
     :func:`proxy_rows`); the run's may be on a held-out tenth where the reference's covers the
-    whole corpus, so only the paired pair compares like with like. None when they cannot be paired."""
+    whole corpus, so only this pair compares like with like. None when they cannot be paired."""
     import numpy as np
 
     from emitlab.engine.calibration import Decoder
