@@ -248,52 +248,65 @@ def read_run(folder: Path) -> dict[str, Any] | None:
 def proxy_rows(folder: Path, reference_gold: Any) -> Any:
     """Where the out-of-domain proxy texts a run scored sit among those a reference run of the same
     seed scored (its gold labels ``reference_gold``): all of them when both predicted MultiEmotions-It
-    zero-shot; when the run trained on it, its held-out rows (``folds.json``), the reference's rows
-    less those with none of the run's ``--extra-data-labels`` (which the run dropped). None when the
-    gold labels there are not the run's (another corpus before it, another split, no proxy)."""
+    zero-shot; when the run trained on it, its held-out rows (``folds.json``) among the reference's
+    rows with one of the run's ``--extra-data-labels``, then (since the proxy keeps the rows those
+    labels leave out of training) the others. None when the gold labels there are not the run's
+    (another corpus before it, another split, no proxy). The gold is compared on the labels the run
+    trained on: before that fix a run's proxy gold had the labels --extra-data-labels masks zeroed."""
     import numpy as np
 
     rows = np.arange(len(reference_gold))
+    cols = slice(None)
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
         gold = np.load(folder / "predictions.npz")["y_ood_proxy"]
         if metrics["ood_proxy"]["mode"] == "out-of-fold":
             keep = json.loads((folder / "config.json").read_text())["data"]["extra_data_labels"]
+            untrained = rows[:0]
             if keep:
-                rows = np.flatnonzero(reference_gold[:, [metrics["label_names"].index(lab) for lab in keep]].any(1))
+                cols = [metrics["label_names"].index(lab) for lab in keep]
+                used = reference_gold[:, cols].any(1)
+                rows, untrained = np.flatnonzero(used), np.flatnonzero(~used)
             folds = json.loads((folder / "folds.json").read_text())["default"]["extra"]["fold_of_row"]
             if len(folds) != len(rows):
                 return None
             rows = rows[np.asarray(folds) >= 0]
+            if len(gold) == len(rows) + len(untrained) and len(untrained):
+                rows = np.concatenate([rows, untrained])
     except (OSError, KeyError, ValueError):
         return None
-    if len(rows) != len(gold) or not (reference_gold[rows] == gold).all():
+    if len(rows) != len(gold) or not (reference_gold[rows][:, cols] == gold[:, cols]).all():
         return None
     return rows
 
 
 def paired_proxy(folder: Path, reference: Path) -> dict[str, float] | None:
     """A run's calibrated proxy macro-F1 and the reference run's on the same texts (see
-    :func:`proxy_rows`); the run's may be on a held-out tenth where the reference's covers the
-    whole corpus, so only this pair compares like with like. None when they cannot be paired."""
+    :func:`proxy_rows`), both against the reference's gold (the corpus' own annotation), each with
+    its own decoder; the run's may be on a held-out tenth where the reference's covers the whole
+    corpus, so only this pair compares like with like. None when they cannot be paired."""
     import numpy as np
 
     from emitlab.engine.calibration import Decoder
     from emitlab.scoring import macro_f1
 
+    def decoder(run: Path) -> Decoder:
+        metrics = json.loads((run / "metrics.json").read_text())
+        return Decoder.from_dict(metrics["models"]["transformer"]["calibration"]["decoder"])
+
     try:
         ref = np.load(reference / "predictions.npz")
         ref_gold, ref_probs = ref["y_ood_proxy"], ref["transformer_ood_proxy"]
+        rows = proxy_rows(folder, ref_gold)
+        if rows is None:
+            return None
+        probs = np.load(folder / "predictions.npz")["transformer_ood_proxy"]
+        run, ref_score = (macro_f1(ref_gold[rows], decoder(folder).decode(probs)),
+                          macro_f1(ref_gold[rows], decoder(reference).decode(ref_probs[rows])))
     except (OSError, KeyError):
         return None
-    rows = proxy_rows(folder, ref_gold)
-    if rows is None:
-        return None
-    ref_metrics = json.loads((reference / "metrics.json").read_text())
-    decoder = Decoder.from_dict(ref_metrics["models"]["transformer"]["calibration"]["decoder"])
-    run = float(json.loads((folder / "metrics.json").read_text())["models"]["transformer"]["ood_proxy"]["macro_f1"])
-    ref_score = macro_f1(ref_gold[rows], decoder.decode(ref_probs[rows]))
-    return {"n": int(len(rows)), "macro_f1": run, "reference_macro_f1": ref_score, "delta": run - ref_score}
+    return {"n": int(len(rows)), "macro_f1": float(run), "reference_macro_f1": float(ref_score),
+            "delta": float(run - ref_score)}
 
 
 def trained_precision(metrics: dict[str, Any]) -> str | None:

@@ -334,9 +334,38 @@ def test_extra_rows_for_some_labels_only(tmp_path):
     folder = write_extra_folder(tmp_path, n=40, seed=5)
     c = load_extra("xed-it", folder, TASK_A_LABELS)
     keep = np.isin(TASK_A_LABELS, ["Fear", "Anger"])
-    r = restrict_labels(c, keep)
-    assert (r.mask.any(0) == keep).all() and len(r) < len(c)
+    r, left = restrict_labels(c, keep)
+    assert (r.mask.any(0) == keep).all() and len(r) < len(c) and len(r) + len(left) == len(c)
     assert r.labels[:, keep].any(1).all()  # every row kept holds one of those labels
+    assert not left.labels[:, keep].any() and np.array_equal(left.mask, c.mask[~np.isin(c.ids, r.ids)])
+    assert not r.labels[:, ~keep].any()  # trained on those labels only, but scored on its own annotation:
+    assert np.array_equal(r.annotation, c.labels[np.isin(c.ids, r.ids)]) and r.annotation[:, ~keep].any()
+    assert np.array_equal(r.subset(np.arange(3)).annotation, r.annotation[:3])
+
+
+def test_a_proxy_corpus_used_for_some_labels_is_scored_on_its_own_gold(emit_folder, extra_folder, tmp_path):
+    """--extra-data-labels trains on MultiEmotions-It's rows for those labels only, but its proxy score
+    stays on its own annotation: Fear's gold kept on the rows held out, and the rows it leaves out of
+    training (Fear alone) predicted by the fold models and scored too."""
+    keep = [n for n in TASK_A_LABELS if n != "Fear"]
+    out = tmp_path / "run"
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out), "--no-report",
+                 "--extra-data", "multiemotions-it", "--extra-data-labels", *keep,
+                 "--extra-data-dir", str(extra_folder)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    _, _, y, _ = make_rows(90, 5, "x")  # the corpus' rows; the first 5 equal evaluation texts
+    fear_only = (y[:, A["Fear"]] == 1) & (y.sum(1) == 1)
+    first = np.arange(len(y)) < 5
+    used, untrained = np.flatnonzero(~fear_only & ~first), np.flatnonzero(fear_only & ~first)
+    p = m["ood_proxy"]
+    assert p["mode"] == "out-of-fold" and p["n_untrained"] == len(untrained) > 0
+    assert p["n"] == p["n_out_of_fold"] + p["n_untrained"] == 85
+    fold_of = np.array(json.loads((out / "folds.json").read_text())["default"]["extra"]["fold_of_row"])
+    expected = np.concatenate([y[used[fold_of >= 0]], y[untrained]])
+    pred = np.load(out / "predictions.npz")
+    assert np.array_equal(pred["y_ood_proxy"], expected) and pred["member:tfidf_ood_proxy"].shape == expected.shape
+    assert expected[: p["n_out_of_fold"], A["Fear"]].any()  # Fear beside another label on a held-out row
+    assert m["models"]["tfidf"]["ood_proxy"]["per_label"]["Fear"]["support"] == int(expected[:, A["Fear"]].sum())
 
 
 def test_oversampling_in_the_transformer(tiny_model, emit_folder, tmp_path):

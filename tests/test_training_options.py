@@ -588,7 +588,9 @@ def test_ablation_jobs_run_side_by_side_on_a_share_of_the_cores(tmp_path, monkey
 def test_ablation_pairs_the_proxy_texts_of_a_line_with_its_reference(tmp_path):
     """The proxy delta on the same texts: a zero-shot line scores all of them like the reference, a
     line that trains on the corpus only its held-out rows (folds.json), one with --extra-data-labels
-    lacks the corpus rows with none of those labels; gold labels that do not match give no pair."""
+    its held-out rows among those with one of the labels, then the rows it left out of training (or,
+    made before the proxy kept them, neither those nor the gold of the labels it masked: scored
+    again on the reference's gold); gold labels that do not match give no pair."""
     from sklearn.metrics import f1_score
 
     ab = _ablation_module()
@@ -611,34 +613,50 @@ def test_ablation_pairs_the_proxy_texts_of_a_line_with_its_reference(tmp_path):
         np.savez(folder / "predictions.npz", y_ood_proxy=y, transformer_ood_proxy=p)
         return folder
 
-    def ref_on(rows, threshold=0.3):
-        return f1_score(gold[rows], (probs[rows] >= threshold).astype(int), average="macro", zero_division=0)
+    def ref_on(rows, threshold=0.3, p=probs):
+        return f1_score(gold[rows], (p[rows] >= threshold).astype(int), average="macro", zero_division=0)
 
     ref = run("baseline-s1", "zero-shot", gold, probs, decoder_threshold=0.3)
     zero_shot = run("xed-s1", "zero-shot", gold, probs, score=0.4)
     held_out = np.zeros(40, dtype=int) - 1
     held_out[[3, 7, 11, 20, 33]] = 0
-    trained = run("mei-s1", "out-of-fold", gold[[3, 7, 11, 20, 33]], probs[:5], score=0.6,
+    run_probs = rng.random((40, 3))
+    trained = run("mei-s1", "out-of-fold", gold[[3, 7, 11, 20, 33]], run_probs[:5], score=0.6,
                   fold_of_row=held_out.tolist())
-    kept = np.flatnonzero(gold[:, [0, 2]].any(1))  # --extra-data-labels Anger Joy: rows with Fear alone dropped
+    kept = np.flatnonzero(gold[:, [0, 2]].any(1))  # --extra-data-labels Anger Joy: rows with Fear alone left
+    left = np.setdiff1d(np.arange(40), kept)
     assert 0 < len(kept) < 40
     folds = np.zeros(len(kept), dtype=int) - 1
     folds[::4] = 0
-    masked = run("masked-s1", "out-of-fold", gold[kept[::4]], probs[: len(kept[::4])], score=0.5,
+    masked_rows = np.concatenate([kept[::4], left])
+    masked = run("masked-s1", "out-of-fold", gold[masked_rows], run_probs[: len(masked_rows)], score=0.5,
+                 extra_labels=["Anger", "Joy"], fold_of_row=folds.tolist())
+    zeroed = gold[kept[::4]].copy()
+    zeroed[:, 1] = 0  # Fear's gold zeroed, the rows left out not scored: the proxy before it kept them
+    assert gold[kept[::4], 1].any()
+    before = run("before-s1", "out-of-fold", zeroed, run_probs[: len(kept[::4])], score=0.5,
                  extra_labels=["Anger", "Joy"], fold_of_row=folds.tolist())
     wrong = run("wrong-s1", "out-of-fold", 1 - gold[[3, 7, 11, 20, 33]], probs[:5], fold_of_row=held_out.tolist())
 
     assert ab.proxy_rows(zero_shot, gold).tolist() == list(range(40))
     assert ab.proxy_rows(trained, gold).tolist() == [3, 7, 11, 20, 33]
-    assert ab.proxy_rows(masked, gold).tolist() == kept[::4].tolist()
+    assert ab.proxy_rows(masked, gold).tolist() == masked_rows.tolist()
+    assert ab.proxy_rows(before, gold).tolist() == kept[::4].tolist()
     assert ab.proxy_rows(wrong, gold) is None
     assert ab.proxy_rows(tmp_path / "missing", gold) is None
     pair = ab.paired_proxy(trained, ref)
-    assert pair["n"] == 5 and pair["macro_f1"] == 0.6
-    assert pair["reference_macro_f1"] == pytest.approx(ref_on([3, 7, 11, 20, 33]))  # the reference's own decoder
-    assert pair["delta"] == pytest.approx(0.6 - ref_on([3, 7, 11, 20, 33]))
+    assert pair["n"] == 5
+    rows5 = [3, 7, 11, 20, 33]
+    # the run's own probabilities and decoder (0.5) against the reference's gold
+    assert pair["macro_f1"] == pytest.approx(f1_score(gold[rows5], (run_probs[:5] >= 0.5).astype(int),
+                                                      average="macro", zero_division=0))
+    assert pair["reference_macro_f1"] == pytest.approx(ref_on(rows5))  # the reference's own decoder
+    assert pair["delta"] == pytest.approx(pair["macro_f1"] - ref_on(rows5))
     assert ab.paired_proxy(zero_shot, ref)["reference_macro_f1"] == pytest.approx(ref_on(np.arange(40)))
-    assert ab.paired_proxy(masked, ref)["reference_macro_f1"] == pytest.approx(ref_on(kept[::4]))
+    assert ab.paired_proxy(masked, ref)["reference_macro_f1"] == pytest.approx(ref_on(masked_rows))
+    old = ab.paired_proxy(before, ref)
+    assert old["n"] == len(kept[::4]) and old["macro_f1"] == pytest.approx(f1_score(
+        gold[kept[::4]], (run_probs[: len(kept[::4])] >= 0.5).astype(int), average="macro", zero_division=0))
     assert ab.paired_proxy(wrong, ref) is None
     # in the summary and its table: the deltas over the seeds paired
     entries = [{"line": line, "name": ab.line_name(line), "seed": 1, "folder": folder}

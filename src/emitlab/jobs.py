@@ -81,7 +81,9 @@ def load_data(cfg: DataConfig) -> EmitData:
     data.extra = [load_extra(spec, folder, data.label_names) for spec in cfg.extra_data]
     if cfg.extra_data_labels:
         keep = rare_label_mask(data.train.labels, data.label_names, cfg.extra_data_labels, what="--extra-data-labels")
-        data.extra = [restrict_labels(c, keep) for c in data.extra]
+        used = [restrict_labels(c, keep) for c in data.extra]
+        data.extra = [u for u, _ in used]
+        data.proxy_untrained = next((left for u, left in used if u.is_proxy and len(left)), None)
     names = [c.name for c in data.extra]
     if len(set(names)) < len(names):
         raise SettingsError(f"--extra-data names a corpus twice: {', '.join(cfg.extra_data)}")
@@ -138,6 +140,8 @@ def training_rows(data: EmitData, texts: list[str], cleaner: TextCleaner, marker
     data.extra = [_dedup(c, evaluation, key) for c in data.extra]
     if data.proxy is not None:
         data.proxy = _dedup(data.proxy, evaluation, key)
+    if data.proxy_untrained is not None:
+        data.proxy_untrained = drop_evaluation_duplicates(data.proxy_untrained, evaluation, key)
     if markers:
         texts = with_marker(texts, TASK_DOMAIN)
     if not data.extra:
@@ -348,7 +352,7 @@ def run_engine(data: EmitData, cfgs: dict, run: RunDir, members: list[str], resu
     for name, s in scored.items():
         _write_submissions(run, s, data.prediction_sets, data.task, prefix=f"{name}_")
     _write_submissions(run, scored[choice.name], data.prediction_sets, data.task)
-    _save_predictions(run, data, rows, fitted, scored, data.prediction_sets, proxy)
+    _save_predictions(run, data, rows, fitted, scored, data.prediction_sets, proxy, proxy_probs)
 
     metrics = _metrics(data, cfgs, members, plans, fitted, scored, choice, proxy)
     if export:
@@ -377,6 +381,9 @@ def _cleaned_texts(data: EmitData, cleaner: TextCleaner, markers: bool) -> tuple
                                    else None) for name, ds in data.prediction_sets.items()}
     if data.proxy is not None:  # zero-shot: every member predicts all of it, as it does the test file
         set_texts[PROXY_SET] = with_marker(cleaner.clean_many(data.proxy.texts), OOD_DOMAIN if markers else None)
+    if data.proxy_untrained is not None:  # rows of a proxy corpus that trains left out by --extra-data-labels
+        set_texts[PROXY_UNTRAINED] = with_marker(cleaner.clean_many(data.proxy_untrained.texts),
+                                                 data.proxy_untrained.domain if markers else None)
     return train, set_texts
 
 
@@ -458,6 +465,8 @@ def _metrics(data: EmitData, cfgs: dict, members: list[str], plans: dict[str, Fo
 
 #: The out-of-domain proxy's key in ``metrics.json`` (per candidate) and ``predictions.npz``.
 PROXY_SET = "ood_proxy"
+#: The prediction set of the proxy corpus' rows that ``--extra-data-labels`` leaves out of training.
+PROXY_UNTRAINED = "ood_proxy_untrained"
 
 
 def _proxy_scoring(data: EmitData, plan: FoldPlan, train: TrainingRows):
@@ -469,9 +478,15 @@ def _proxy_scoring(data: EmitData, plan: FoldPlan, train: TrainingRows):
     if len(train.proxy):
         held = plan.extra_rows
         corpus = next(c for c in data.extra if c.is_proxy)
-        info = {"corpus": corpus.name, "mode": "out-of-fold", "n": int(len(held)), "labels": train.labels[held],
+        gold = corpus.annotation[held - train.proxy[0]]  # its own labels, those --extra-data-labels masks too
+        left = data.proxy_untrained
+        info = {"corpus": corpus.name, "mode": "out-of-fold", "n": int(len(held)), "labels": gold,
                 "dropped_equal_to_evaluation": corpus.dropped}
-        return info, lambda f: f.oof_extra
+        if left is None or not len(left):
+            return info, lambda f: f.oof_extra
+        info.update(n=int(len(held) + len(left)), n_out_of_fold=int(len(held)), n_untrained=len(left),
+                    labels=np.concatenate([gold, left.annotation]))
+        return info, lambda f: np.concatenate([f.oof_extra, f.preds[PROXY_UNTRAINED]])
     if data.proxy is not None:
         corpus = data.proxy
         info = {"corpus": corpus.name, "mode": "zero-shot", "n": len(corpus), "labels": corpus.labels,
@@ -539,7 +554,8 @@ def _write_submissions(run: RunDir, s: Scored, sets: dict[str, TextDataset], tas
 
 
 def _save_predictions(run: RunDir, data: EmitData, rows: np.ndarray, fitted: dict[str, CrossFitted],
-                      scored: dict[str, Scored], sets: dict[str, TextDataset], proxy: dict | None = None) -> None:
+                      scored: dict[str, Scored], sets: dict[str, TextDataset], proxy: dict | None = None,
+                      proxy_probs=None) -> None:
     """``predictions.npz``: gold and probabilities of every member and candidate on the
     out-of-fold rows (``*_validation``) and every prediction set (and the out-of-domain proxy,
     ``*_ood_proxy``); ``validation_rows`` indexes the training file."""
@@ -548,9 +564,6 @@ def _save_predictions(run: RunDir, data: EmitData, rows: np.ndarray, fitted: dic
     arrays: dict[str, np.ndarray] = {"y_validation": data.train.labels[rows], "validation_rows": rows}
     if proxy is not None:
         arrays[f"y_{PROXY_SET}"] = proxy["labels"]
-        for name, f in fitted.items():
-            if proxy["mode"] == "out-of-fold":
-                arrays[f"member:{name}_{PROXY_SET}"] = f.oof_extra
     for name, ds in sets.items():
         if ds.labels is not None:
             arrays[f"y_{name}"] = ds.labels
@@ -558,6 +571,8 @@ def _save_predictions(run: RunDir, data: EmitData, rows: np.ndarray, fitted: dic
         arrays[f"member:{name}_validation"] = f.oof
         for set_name, p in f.preds.items():
             arrays[f"member:{name}_{set_name}"] = p
+        if proxy is not None:  # the rows the proxy score is computed on, in the order of y_ood_proxy
+            arrays[f"member:{name}_{PROXY_SET}"] = proxy_probs(f)
     for name, s in scored.items():
         arrays[f"{name}_validation"] = s.oof
         for set_name, p in s.probs.items():
@@ -602,7 +617,7 @@ def export_run(run: RunDir, data: EmitData, cfgs: dict, members: list[str], fitt
     # check is then of the files alone, not of CPU vs GPU kernels (about 1e-7 apart)
     device = pick_device(cfgs[TrainConfig].device) if network_members(used) else "cpu"
     reloaded = EmotionClassifier.from_pretrained(path, device=device)
-    check_set = next(iter(set_texts), None)
+    check_set = next((s for s in set_texts if s in data.prediction_sets), None)  # not the proxy's
     info: dict[str, Any] = {"path": str(path), "model": best.name, "members": used, "reload_device": device}
     if check_set is not None:
         raw = data.prediction_sets[check_set].texts

@@ -100,7 +100,9 @@ class ExtraCorpus:
     """One extra corpus on the task's labels: ``labels`` 0/1 and ``mask`` (True = annotated), both
     ``(n, n_labels)``; ``weight`` multiplies its rows in every loss; ``dropped`` counts the rows
     removed because they equal an evaluation text (per evaluation set); ``skipped_lines`` the
-    lines of its file that are not rows (XED's alignment metadata)."""
+    lines of its file that are not rows (XED's alignment metadata); ``gold`` the corpus' own
+    annotation where ``--extra-data-labels`` masks labels it annotates (None: ``labels``), what its
+    rows are scored against (:attr:`annotation`)."""
 
     name: str
     ids: list[str]
@@ -112,15 +114,26 @@ class ExtraCorpus:
     source: str = ""
     dropped: dict[str, int] = field(default_factory=dict)
     skipped_lines: int = 0
+    gold: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         self.mask = np.asarray(self.mask, dtype=bool)
         shape = (len(self.texts), len(self.label_names))
-        if self.labels.shape != shape or self.mask.shape != shape or len(self.ids) != len(self.texts):
-            raise ValueError(f"{self.name}: labels {self.labels.shape}, mask {self.mask.shape}, "
+        gold_shape = shape if self.gold is None else np.shape(self.gold)
+        if (self.labels.shape != shape or self.mask.shape != shape or gold_shape != shape
+                or len(self.ids) != len(self.texts)):
+            raise ValueError(f"{self.name}: labels {self.labels.shape}, mask {self.mask.shape}, gold {gold_shape}, "
                              f"{len(self.ids)} ids for {len(self.texts)} texts; expected {shape}")
-        self.labels[~self.mask] = 0  # an unknown cell is never a positive
+        if self.gold is not None:
+            self.gold = np.asarray(self.gold, dtype=np.int64)
+        self.labels[~self.mask] = 0  # an unknown cell is never a positive (nor one left out of training)
+
+    @property
+    def annotation(self) -> np.ndarray:
+        """The corpus' own labels (0/1), those it is scored against: ``labels`` before
+        ``--extra-data-labels`` masked any it annotates."""
+        return self.labels if self.gold is None else self.gold
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -140,7 +153,7 @@ class ExtraCorpus:
         idx = np.flatnonzero(keep) if keep.dtype == bool else keep
         return ExtraCorpus(self.name, [self.ids[i] for i in idx], [self.texts[i] for i in idx], self.labels[idx],
                            self.mask[idx], list(self.label_names), self.weight, self.source, dict(self.dropped),
-                            self.skipped_lines)
+                           self.skipped_lines, None if self.gold is None else self.gold[idx])
 
     def summary(self) -> dict[str, Any]:
         """What the log, ``metrics.json`` and the report say of it."""
@@ -348,14 +361,19 @@ ADAPTERS: dict[str, Callable[[Path], ExtraCorpus]] = {
 }
 
 
-def restrict_labels(corpus: ExtraCorpus, keep: np.ndarray) -> ExtraCorpus:
-    """``corpus`` used for the labels ``keep`` (bool per label) only: the others masked, and the rows
-    with no positive among them dropped (``--extra-data-labels``, e.g. extra rows for rare emotions)."""
+def restrict_labels(corpus: ExtraCorpus, keep: np.ndarray) -> tuple[ExtraCorpus, ExtraCorpus]:
+    """``corpus`` used for the labels ``keep`` (bool per label) only (``--extra-data-labels``, e.g.
+    extra rows for rare emotions): ``(used, left)``, ``used`` its rows with a positive among them,
+    the other labels masked (its ``gold`` keeps the corpus' own annotation, to score those rows
+    against), ``left`` the rows it drops, unchanged (the proxy corpus' are still scored)."""
     keep = np.asarray(keep, dtype=bool)
     mask = corpus.mask & keep
-    out = corpus.subset((corpus.labels.astype(bool) & mask).any(1))
-    out.mask = mask[(corpus.labels.astype(bool) & mask).any(1)]
-    return out
+    used = (corpus.labels.astype(bool) & mask).any(1)
+    out = corpus.subset(used)
+    out.gold = corpus.annotation[used]
+    out.mask = mask[used]
+    out.labels[~out.mask] = 0
+    return out, corpus.subset(~used)
 
 
 # --------------------------------------------------------------------------------------

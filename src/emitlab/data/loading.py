@@ -82,6 +82,9 @@ class EmitData:
     extra: list = field(default_factory=list)
     #: the out-of-domain proxy corpus when it is not one of ``extra``: scored zero-shot
     proxy: object | None = None
+    #: the proxy corpus' rows that ``--extra-data-labels`` leaves out of training when it is one of
+    #: ``extra``: predicted by every fold model and scored with its held-out rows
+    proxy_untrained: object | None = None
 
     @property
     def prediction_sets(self) -> dict[str, TextDataset]:
