@@ -13,6 +13,9 @@ line and seed the runner calls::
     emitlab run --data $EMITLAB_DATA --task T --members transformer --folds K --transformer-folds K \\
         --seed S --no-report --out benchmarks/runs/ablation/<line>-s<seed> <line's flags> <--extra>
 
+and ``--extra-data none`` after them when they set none of --extra-data, --extra-data-labels and
+--domain-marker: the lines compare with EMit alone, not with the run profiles' extra data.
+
 A (line, seed) whose ``metrics.json`` exists is skipped and an interrupted one is continued
 (``--resume``), so the runner can be stopped and started again. ``--jobs N`` runs N of them at a
 time, each on its share of the cores (``OMP_NUM_THREADS``), its output in ``<run folder>.log``:
@@ -104,6 +107,18 @@ def line_flags(line: str) -> list[str]:
     return [] if line.strip() in ("", "baseline") else shlex.split(line)
 
 
+#: A line setting none of these trains on the task's file alone, as the reference does: ``--extra-data none``
+#: turns off the run profiles' extra data (``emitlab.settings.EXTRA_DATA_DEFAULT``; runs made before it
+#: existed lack the flag and resolved to the same settings).
+EXTRA_DATA_FLAGS = ("--extra-data", "--extra-data-labels", "--domain-marker")
+NO_EXTRA_DATA = ["--extra-data", "none"]
+
+
+def no_extra_data(flags: list[str]) -> list[str]:
+    """``--extra-data none`` unless ``flags`` choose what extra data to use."""
+    return [] if any(f.split("=", 1)[0] in EXTRA_DATA_FLAGS for f in flags) else list(NO_EXTRA_DATA)
+
+
 def line_name(line: str) -> str:
     """``--layer-decay 0.9`` -> ``layer-decay-0.9`` (the run folder's stem)."""
     flags = line_flags(line)
@@ -135,7 +150,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             folder = args.runs_dir / f"{line_name(line)}-s{seed}"
             command = [sys.executable, "-m", "emitlab.cli", "run", "--data", args.data, "--task", args.task,
                        "--members", "transformer", "--folds", str(args.folds), "--transformer-folds", str(args.folds),
-                       "--seed", str(seed), "--no-report", "--out", shown(folder), *line_flags(line), *args.extra]
+                       "--seed", str(seed), "--no-report", "--out", shown(folder), *line_flags(line), *args.extra,
+                       *no_extra_data(line_flags(line) + args.extra)]
             done = (folder / "metrics.json").is_file()
             started = folder.is_dir() and any(folder.iterdir()) and not done
             entry = {"line": line, "name": line_name(line), "seed": seed, "folder": folder, "command": command,
@@ -159,6 +175,8 @@ def conflict(entry: dict[str, Any]) -> str | None:
     saved = json.loads(config.read_text())
     before = [a for a in saved.get("command", [])[1:] if a != "--resume"]
     planned = entry["command"][3:]  # after "python -m emitlab.cli", as sys.argv[1:] of the run
+    if planned[-2:] == NO_EXTRA_DATA and before == planned[:-2]:  # made before the profiles' extra data
+        before = planned
     if before != planned:
         return f"made by `emitlab {shlex.join(before)}`"
     now = planned_settings(entry["command"])

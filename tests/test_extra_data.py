@@ -266,6 +266,55 @@ def test_extra_rows_change_the_cheap_members(emit_folder, extra_folder, tmp_path
     assert not np.array_equal(runs["alone"], runs["mixed"]) and np.array_equal(runs["alone"], runs["not-tfidf"])
 
 
+@pytest.mark.parametrize("case", ["present", "absent", "none", "own-corpus", "own-labels", "config-file", "task-b",
+                                  "baseline", "none-and-more"])
+def test_run_profiles_train_on_multiemotions_it_when_present(emit_folder, extra_folder, tmp_path, capsys, case):
+    """`emitlab run` (every profile) on task A trains on MultiEmotions-It with the domain marker and Fear
+    masked on it when its file is in the extra-data folder and nothing else says what extra data to use;
+    `--extra-data none` turns it off; a flag or config-file key of the user's replaces it whole."""
+    from emitlab.settings import EXTRA_DATA_DEFAULT
+
+    folder = tmp_path / "empty" if case == "absent" else extra_folder
+    flags = {"none": ["--extra-data", "none"], "own-corpus": ["--extra-data", "xed-it"],
+             "own-labels": ["--extra-data-labels", "Fear"], "task-b": ["--task", "B"],
+             "config-file": ["--config", str(tmp_path / "cfg.json")],
+             "none-and-more": ["--extra-data", "none", "--extra-data", "xed-it"]}.get(case, [])
+    (tmp_path / "cfg.json").write_text(json.dumps({"data": {"domain_marker": False}}))
+    command = "baseline" if case == "baseline" else "run"
+    code = main([command, "--data", str(emit_folder), "--out", str(tmp_path / "run"), "--extra-data-dir", str(folder),
+                 "--print-config", *flags])
+    if case == "none-and-more":
+        assert code != 0 and "--extra-data none with corpora" in capsys.readouterr().err
+        return
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    recipe = {k: data[k] for k in EXTRA_DATA_DEFAULT}
+    if case == "present":
+        assert recipe == EXTRA_DATA_DEFAULT and "Fear" not in data["extra_data_labels"]
+        assert len(data["extra_data_labels"]) == len(TASK_A_LABELS) - 1
+    else:
+        assert data["extra_data"] == {"own-corpus": ["xed-it"]}.get(case, [])
+        assert data["extra_data_labels"] == {"own-labels": ["Fear"]}.get(case, []) and not data["domain_marker"]
+
+
+def test_the_run_profiles_extra_data_end_to_end(emit_folder, extra_folder, tmp_path):
+    """A quick-profile run with the default extra data: MultiEmotions-It trains (out-of-fold proxy, the
+    marker in the export's settings), and its metrics say so; with --extra-data none it is zero-shot."""
+    out = tmp_path / "run"
+    assert main(["-q", "run", "--profile", "quick", "--members", "tfidf", "lexicon", "--data", str(emit_folder),
+                 "--out", str(out), "--no-report", "--extra-data-dir", str(extra_folder)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert [c["name"] for c in m["extra_data"]["corpora"]] == ["multiemotions-it"]
+    assert m["extra_data"]["corpora"][0]["masked_labels"] == ["Fear"] and m["ood_proxy"]["mode"] == "out-of-fold"
+    assert json.loads((out / "config.json").read_text())["data"]["domain_marker"] is True
+    alone = tmp_path / "alone"
+    assert main(["-q", "run", "--profile", "quick", "--members", "tfidf", "lexicon", "--data", str(emit_folder),
+                 "--out", str(alone), "--no-report", "--extra-data-dir", str(extra_folder),
+                 "--extra-data", "none"]) == 0
+    m = json.loads((alone / "metrics.json").read_text())
+    assert "extra_data" not in m and m["ood_proxy"]["mode"] == "zero-shot"
+
+
 @pytest.mark.parametrize("case", ["missing", "malformed", "task-b", "twice", "unknown"])
 def test_clear_errors(emit_folder, tmp_path, capsys, case):
     folder = tmp_path / "extra"

@@ -487,6 +487,9 @@ def test_ablation_runner_dry_run_and_collect(tiny_model, emit_folder, tmp_path, 
     assert "2 line(s) x 2 seed(s) = 4 runs, 4 to run" in out
     assert "--members transformer --folds 2 --transformer-folds 2 --seed 2 --no-report --out" in out
     assert "dropout-0.3-s1 --dropout 0.3 --model" in out and not (tmp_path / "runs").exists()
+    # a line that says nothing of extra data trains on EMit alone, not on the run profiles' extra data
+    assert "--threads 1 --extra-data none\n" in out
+    assert ab.no_extra_data(["--domain-marker"]) == [] and ab.no_extra_data(["--extra-data=x.csv"]) == []
     # one real run: the metrics are read from where emitlab run writes them
     one = ["--line", "baseline", "--seeds", "1"]
     assert ab.main(common + one) == 0
@@ -509,6 +512,13 @@ def test_ablation_runner_dry_run_and_collect(tiny_model, emit_folder, tmp_path, 
     config.write_text(json.dumps({**saved, "train": {**saved["train"], "epochs": 9.0}}))
     assert ab.main(common + one + ["--collect"]) == 2
     assert "made with other settings: train.epochs 9.0 (now 1.0)" in capsys.readouterr().err
+    config.write_text(json.dumps(saved))
+    # a run made before the profiles' extra data (its command without --extra-data none, the same settings)
+    assert saved["command"][-2:] == ["--extra-data", "none"]
+    config.write_text(json.dumps({**saved, "command": saved["command"][:-2]}))
+    assert ab.main(common + one + ["--collect"]) == 0
+    config.write_text(json.dumps({**saved, "command": saved["command"][:-2] + ["--dropout", "0.3"]}))
+    assert ab.main(common + one + ["--collect"]) == 2 and "from another plan" in capsys.readouterr().err
     config.write_text(json.dumps(saved))
     # the statistics, on made-up metrics of 2 lines x 3 seeds
     template = json.loads((tmp_path / "runs" / "baseline-s1" / "metrics.json").read_text())

@@ -262,7 +262,9 @@ class DataConfig(SettingsGroup):
         "Extra labelled corpus that only ever trains (repeatable): NAME[:WEIGHT] with NAME one of multiemotions-it, "
         "xed-it, xed-en (read from --extra-data-dir), or a CSV/JSONL/Parquet file with a 'text' column and 0/1 "
         "columns named as the task's labels (labels without a column are masked, not 0). WEIGHT (default 1) "
-        "multiplies its rows in every loss. Texts equal to a test or out-of-domain text are dropped.")})
+        "multiplies its rows in every loss. Texts equal to a test or out-of-domain text are dropped. `emitlab run` "
+        "on task A, when none of --extra-data, --extra-data-labels, --domain-marker is set: multiemotions-it with "
+        "the domain marker and Fear masked on it, if its file is in --extra-data-dir; `none`: no extra corpus.")})
     extra_data_labels: list[str] = field(default_factory=list, metadata={"help": (
         "Use the extra corpora for these labels only (e.g. the rare ones: Fear Anger Anticipation Surprise): their "
         "other labels are masked, and their rows with no positive among these are dropped. None given: every label "
@@ -278,6 +280,16 @@ class DataConfig(SettingsGroup):
         "Score MultiEmotions-It (the domain of EMit's out-of-domain test) as an out-of-domain proxy: out-of-fold "
         "when it is an --extra-data corpus, else zero-shot (the run's models predicting all of it). auto: on task A "
         "when its file is in the extra-data folder; none: off.")})
+
+    def __post_init__(self) -> None:
+        """The common check, then ``--extra-data none`` (no extra corpus, not even the run profiles') as
+        an empty list."""
+        check_settings(self)
+        if "none" in self.extra_data:
+            if len(self.extra_data) > 1:
+                raise SettingsError(f"--extra-data none with corpora ({', '.join(self.extra_data)}): give one or "
+                                    "the other")
+            self.extra_data = []
 
 
 @dataclass
@@ -450,7 +462,8 @@ class RunConfig(SettingsGroup):
     profile: str = field(default="full", metadata={"choices": ["full", "best", "quick"], "help": (
         "full: 3 transformer folds x 6 epochs, within an hour on 2 CPU cores; best: 5 transformer folds x 6 "
         "epochs (more and better-fed fold models to average; slower); quick: every member, fold and combiner on a few "
-        "training steps, a smoke run of a few minutes. Profiles apply to `emitlab run`.")})
+        "training steps, a smoke run of a few minutes. Profiles apply to `emitlab run`; on task A each also trains on "
+        "MultiEmotions-It when its file is in the extra-data folder (see --extra-data).")})
     members: list[str] = field(default_factory=lambda: list(MEMBERS.builtin), metadata={
         "choices": MEMBERS.choices, "min_items": 1, "help": (
             "Ensemble members: tfidf (word+char TF-IDF + logistic regression), lexicon (ELIta emotion-lexicon "
@@ -529,6 +542,16 @@ class DistillConfig(SettingsGroup):
 #: Every settings group, in the order of config files and ``config.json``.
 GROUPS = (RunConfig, DataConfig, CleaningConfig, TfidfConfig, LexiconConfig, TrainConfig, CalibrationConfig,
           EnsembleConfig)
+
+#: What every ``emitlab run`` profile trains on beside the task's file (task A), when MultiEmotions-It's file
+#: is in the extra-data folder and neither a config file nor a flag sets --extra-data, --extra-data-labels or
+#: --domain-marker: its comments, with the domain marker, Fear masked on them. In-domain as good within the
+#: spread, the out-of-domain proxy +0.16: benchmarks/results/run_full_extra-mei-marker-nofear_task-A.json against
+#: run_full_bf16_task-A.json, and the data ablation (ablation_data_task-A.json). ``--extra-data none``: without.
+EXTRA_DATA_DEFAULT: dict[str, Any] = {
+    "extra_data": ["multiemotions-it"], "domain_marker": True,
+    "extra_data_labels": ["Anger", "Anticipation", "Disgust", "Joy", "Love", "Neutral", "Sadness", "Surprise",
+                          "Trust"]}
 
 #: Settings a profile puts in place of the defaults (a config file and flags still win).
 PROFILES: dict[str, dict[str, dict]] = {

@@ -119,7 +119,7 @@ def _prepare(args: argparse.Namespace, classes: list[type], command: str, defaul
     from emitlab.io import to_jsonable
     from emitlab.jobs import load_data
     from emitlab.runs import RunDir, default_run_dir
-    from emitlab.settings import PROFILES, DataConfig, section_name
+    from emitlab.settings import EXTRA_DATA_DEFAULT, PROFILES, DataConfig, section_name
 
     file_data = read_config_file(args.config, classes) if args.config else {}
     profile = vars(args).get("run.profile") or (file_data.get("run") or {}).get("profile") or \
@@ -132,6 +132,14 @@ def _prepare(args: argparse.Namespace, classes: list[type], command: str, defaul
             else:  # e.g. "command" in a run's saved config.json: build_configs ignores it
                 merged[sec] = values
     cfgs = build_configs(args, classes, merged)
+    if profile and _extra_data_default_applies(args, file_data, cfgs[DataConfig]):
+        from emitlab.data.extra import extra_data_dir
+
+        merged.setdefault("data", {}).update(EXTRA_DATA_DEFAULT)
+        cfgs = build_configs(args, classes, merged)
+        log.info("profile %s: training on MultiEmotions-It too (%s), with --domain-marker and Fear masked on it; "
+                 "--extra-data none for the task's file alone", profile,
+                 extra_data_dir(cfgs[DataConfig].extra_data_dir))
     if getattr(args, "print_config", False):
         print(json.dumps({section_name(c): to_jsonable(cfgs[c]) for c in classes}, indent=2, ensure_ascii=False))
         return None
@@ -142,6 +150,17 @@ def _prepare(args: argparse.Namespace, classes: list[type], command: str, defaul
         log.warning(w)
     run.save_config(sys.argv, [cfgs[c] for c in classes])
     return cfgs, data, run
+
+
+def _extra_data_default_applies(args: argparse.Namespace, file_data: dict, data_cfg) -> bool:
+    """A run profile's extra data (``EXTRA_DATA_DEFAULT``): on task A, when MultiEmotions-It's file is in
+    the extra-data folder and neither a flag nor the config file sets what extra data to use."""
+    from emitlab.data.extra import PROXY_FILE, extra_data_dir
+
+    keys = ("extra_data", "extra_data_labels", "domain_marker")
+    given = {k.split(".", 1)[1] for k in vars(args) if k.startswith("data.")} | set(file_data.get("data") or {})
+    return data_cfg.task == "A" and not given & set(keys) and (extra_data_dir(data_cfg.extra_data_dir)
+                                                                / PROXY_FILE).is_file()
 
 
 def _job_settings() -> list[type]:
