@@ -409,6 +409,7 @@ def test_a_proxy_corpus_used_for_some_labels_is_scored_on_its_own_gold(emit_fold
     p = m["ood_proxy"]
     assert p["mode"] == "out-of-fold" and p["n_untrained"] == len(untrained) > 0
     assert p["n"] == p["n_out_of_fold"] + p["n_untrained"] == 85
+    assert p["dropped_equal_to_evaluation"] == {"test": 2, "ood": 3}  # of the corpus, both parts
     fold_of = np.array(json.loads((out / "folds.json").read_text())["default"]["extra"]["fold_of_row"])
     expected = np.concatenate([y[used[fold_of >= 0]], y[untrained]])
     pred = np.load(out / "predictions.npz")

@@ -484,8 +484,9 @@ def _proxy_scoring(data: EmitData, plan: FoldPlan, train: TrainingRows):
                 "dropped_equal_to_evaluation": corpus.dropped}
         if left is None or not len(left):
             return info, lambda f: f.oof_extra
+        dropped = {k: corpus.dropped.get(k, 0) + left.dropped.get(k, 0) for k in {**corpus.dropped, **left.dropped}}
         info.update(n=int(len(held) + len(left)), n_out_of_fold=int(len(held)), n_untrained=len(left),
-                    labels=np.concatenate([gold, left.annotation]))
+                    labels=np.concatenate([gold, left.annotation]), dropped_equal_to_evaluation=dropped)
         return info, lambda f: np.concatenate([f.oof_extra, f.preds[PROXY_UNTRAINED]])
     if data.proxy is not None:
         corpus = data.proxy
