@@ -416,6 +416,10 @@ def test_a_proxy_corpus_used_for_some_labels_is_scored_on_its_own_gold(emit_fold
     assert np.array_equal(pred["y_ood_proxy"], expected) and pred["member:tfidf_ood_proxy"].shape == expected.shape
     assert expected[: p["n_out_of_fold"], A["Fear"]].any()  # Fear beside another label on a held-out row
     assert m["models"]["tfidf"]["ood_proxy"]["per_label"]["Fear"]["support"] == int(expected[:, A["Fear"]].sum())
+    from emitlab.report import write_report
+
+    write_report(out)  # and the report says how those rows were predicted
+    assert f"({len(untrained)} of them, with none of the --extra-data-labels" in (out / "report.html").read_text()
 
 
 def test_oversampling_in_the_transformer(tiny_model, emit_folder, tmp_path):

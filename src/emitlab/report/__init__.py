@@ -415,6 +415,9 @@ def _extra_data_note(run: RunData) -> str:
     if proxy:
         how = ("each row predicted by fold models that never saw it" if proxy["mode"] == "out-of-fold" else
                "the run's models, which never trained on it, predicting all of it")
+        if proxy.get("n_untrained"):
+            how += (f" ({proxy['n_untrained']} of them, with none of the --extra-data-labels, trained nothing and are "
+                    "predicted by every fold model, like the test file)")
         parts.append(f"OOD proxy: macro-F1 on {proxy['n']} rows of {proxy['corpus']} (the domain of the out-of-domain "
                      f"test file), {how}, decoded with each candidate's calibration; it chooses nothing.")
     return muted(" ".join(parts)) if parts else ""
