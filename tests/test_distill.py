@@ -222,6 +222,43 @@ def test_a_task_b_student_gets_transfer_texts_from_the_teachers_export(tiny_mode
     np.testing.assert_allclose(teacher.predict_proba(kept[:4]), probs[:4], atol=1e-6)
 
 
+def test_a_teacher_trained_on_the_proxy_corpus_gives_its_out_of_fold_predictions(tiny_model, emit_folder,
+                                                                                  extra_folder, tmp_path):
+    """A run with the profiles' extra data (MultiEmotions-It, the domain marker, Fear masked) trained on
+    the proxy corpus: its texts transfer with the run's out-of-fold predictions of them (held-out rows,
+    then the rows left out of training), not zero-shot ones; a student distils from it end to end."""
+    from emitlab.data.cleaning import TextCleaner
+    from emitlab.distill import transfer_rows
+    from emitlab.jobs import load_data, training_rows
+    from emitlab.settings import EXTRA_DATA_DEFAULT, CleaningConfig, DataConfig
+
+    from conftest import TINY_TRAIN
+
+    out = tmp_path / "run"
+    assert main(["-q", "run", "--data", str(emit_folder), "--model", str(tiny_model), "--out", str(out),
+                 "--extra-data-dir", str(extra_folder), "--members", "tfidf", "transformer", "--folds", "2",
+                 "--transformer-folds", "2", "--nested-folds", "2", "--no-report", *TINY_TRAIN]) == 0
+    saved = json.loads((out / "config.json").read_text())["data"]
+    assert {k: saved[k] for k in EXTRA_DATA_DEFAULT} == EXTRA_DATA_DEFAULT  # the profiles' default applied
+    _, arrays = teacher_predictions(out)
+    cleaner = TextCleaner(CleaningConfig())
+    data = load_data(DataConfig(data=str(emit_folder), extra_data_dir=str(extra_folder), **EXTRA_DATA_DEFAULT))
+    train = training_rows(data, cleaner.clean_many(data.train.texts), cleaner, True)
+    texts, probs, why = transfer_rows(data, arrays, cleaner, True, out, str(extra_folder))
+    assert "out-of-fold predictions" in why and len(data.proxy_untrained) > 0
+    # every comment, each once: the trained ones (all held out once in 2 folds) then those left out
+    assert len(texts) == len(probs) == len(arrays["ood_proxy"]) == len(train.proxy) + len(data.proxy_untrained)
+    np.testing.assert_allclose(probs, arrays["ood_proxy"])
+    assert texts[: len(train.proxy)] == [train.texts[i] for i in train.proxy]  # cleaned, with their marker
+    assert all(t.startswith("dominioyoutube ") for t in texts)
+    # another run's predictions (other gold) do not match: nothing transfers
+    other = {**arrays, "ood_proxy": arrays["ood_proxy"][:-1]}
+    assert transfer_rows(data, other, cleaner, True, out, str(extra_folder))[0] == []
+    assert main(["-q", "distill", str(out), "--speed-texts", "0", "--epochs", "1"]) == 0
+    result = json.loads((out / RESULT_FILE).read_text())
+    assert result["targets"]["transfer_texts"] == len(texts) and "out-of-fold" in result["targets"]["transfer"]
+
+
 def test_transfer_corpora_add_xed_texts_and_skip_what_the_teacher_trained_on(tiny_model, emit_folder,
                                                                                extra_folder, tmp_path):
     """``--transfer-corpora``: each corpus' texts (evaluation duplicates dropped) with the teacher

@@ -10,6 +10,9 @@ targets that no text's own model made:
   proxy corpus, MultiEmotions-It; also XED) *without their labels*, with the teacher's zero-shot
   probabilities as targets (the teacher never trained on them): the run's predictions of the proxy
   corpus (task A), else its export's. Never the test or out-of-domain texts (equal texts are dropped).
+  When the teacher trained on the proxy corpus (``--extra-data``, the run profiles' default), its
+  texts come with the run's out-of-fold predictions of them instead (each from fold models that never
+  saw that text; labels unused).
 
 Like ``emitlab train``, a stratified ``--val-fraction`` of the training texts is held out: it
 chooses the student's best epoch and calibrates its thresholds and decoding rules (its gold
@@ -236,7 +239,8 @@ def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCl
     run made no predictions of XED). Texts equal to an evaluation text are dropped first, and so are
     those equal to a training text (that text already has its out-of-fold target; the teacher's
     prediction of its twin is not zero-shot). Returns the texts, the probabilities and what was used
-    or skipped and why (one clause a corpus)."""
+    or skipped and why (one clause a corpus). A teacher that trained on the proxy corpus gives its
+    out-of-fold predictions of it (:func:`_proxy_rows_out_of_fold`); other corpora it trained on, none."""
     texts: list[str] = []
     probs = [np.zeros((0, len(data.label_names)))]
     why: list[str] = []
@@ -263,7 +267,18 @@ def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCl
                        "dropped), labels unused")
             continue
         if name in trained_on:
-            why.append(f"{name}: the teacher trained on it (--extra-data), its texts cannot transfer")
+            held = _proxy_rows_out_of_fold(data, run) if name == PROXY_CORPUS and zero_shot is not None else None
+            if held is None or len(held[0]) != len(zero_shot):
+                why.append(f"{name}: the teacher trained on it (--extra-data), its texts cannot transfer"
+                           + (" (no out-of-fold predictions of them to match)" if name == PROXY_CORPUS else ""))
+                continue
+            raw, domain = held
+            keep = np.array([key(t) not in train_keys for t in raw], dtype=bool)
+            texts += with_marker(cleaner.clean_many([t for t, k in zip(raw, keep) if k]), domain if markers else None)
+            probs.append(np.asarray(zero_shot, dtype=np.float64)[keep])
+            why.append(f"{name}: {int(keep.sum())} texts ({int((~keep).sum())} equal to training texts dropped) with "
+                       "the teacher's out-of-fold predictions (it trained on their labels; each text predicted by "
+                       "fold models that never saw it), labels unused")
             continue
         if run is None or not (run / "model").is_dir():
             why.append(f"{name}: no zero-shot predictions in this run and no export to make them")
@@ -290,6 +305,34 @@ def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCl
         why.append(f"{corpus.name}: {len(corpus)} texts ({corpus.dropped.get(TRAIN_SET, 0)} equal to training texts "
                    "dropped), labels unused, predicted by the teacher's export")
     return texts, np.vstack(probs), "; ".join(why) or "no transfer corpus"
+
+
+def _proxy_rows_out_of_fold(data: EmitData, run: Path | None) -> tuple[list[str], str] | None:
+    """When the teacher trained on the proxy corpus: its raw texts in the order of the run's proxy
+    predictions (the rows its plan held out, then those ``--extra-data-labels`` left out of training)
+    and its domain; None when they cannot be matched to the run's (no fold plan, other gold)."""
+    corpus = next((c for c in data.extra if c.is_proxy), None)
+    if corpus is None or run is None:
+        return None
+    try:
+        fold_of = np.asarray(json.loads((run / "folds.json").read_text(encoding="utf-8"))["default"]["extra"]
+                             ["fold_of_row"])
+        with np.load(run / "predictions.npz", allow_pickle=False) as z:
+            gold = z[f"y_{PROXY_SET}"]
+    except (OSError, KeyError, ValueError):
+        return None
+    start = sum(len(c) for c in data.extra[:data.extra.index(corpus)])
+    if len(fold_of) != sum(len(c) for c in data.extra):
+        return None
+    held = np.flatnonzero(fold_of[start:start + len(corpus)] >= 0)
+    raw, annotation = [corpus.texts[i] for i in held], [corpus.annotation[held]]
+    if data.proxy_untrained is not None:
+        raw += list(data.proxy_untrained.texts)
+        annotation.append(data.proxy_untrained.annotation)
+    annotation = np.vstack(annotation)
+    if annotation.shape != gold.shape or not np.array_equal(annotation, gold):
+        return None
+    return raw, corpus.domain
 
 
 # --------------------------------------------------------------------------------------

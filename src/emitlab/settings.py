@@ -501,7 +501,8 @@ class DistillConfig(SettingsGroup):
             "The corpora (of --extra-data-dir) whose texts, without their labels, are the transfer texts: "
             "multiemotions-it (the proxy corpus), xed-it (6,550 Italian subtitle lines), xed-en (27,202 English "
             "lines). The teacher's export predicts those the run did not; a corpus the teacher trained on is "
-            "skipped, and texts equal to a test, out-of-domain or training text are dropped.")})
+            "skipped (MultiEmotions-It then comes with the run's out-of-fold predictions of it instead), and "
+            "texts equal to a test, out-of-domain or training text are dropped.")})
     keep_members: list[str] = field(default_factory=lambda: ["auto"], metadata={"metavar": "MEMBER", "help": (
         "Members of the run without a network kept beside the student in its export: the teacher's weighted "
         "average (chosen on out-of-fold rows) with the student in place of its network members, the same "
