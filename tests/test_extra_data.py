@@ -299,7 +299,7 @@ def test_run_profiles_train_on_multiemotions_it_when_present(emit_folder, extra_
 
 def test_the_run_profiles_extra_data_end_to_end(emit_folder, extra_folder, tmp_path):
     """A quick-profile run with the default extra data: MultiEmotions-It trains (out-of-fold proxy, the
-    marker in the export's settings), and its metrics say so; with --extra-data none it is zero-shot."""
+    marker in the run's settings), and its metrics say so; with --extra-data none it is zero-shot."""
     out = tmp_path / "run"
     assert main(["-q", "run", "--profile", "quick", "--members", "tfidf", "lexicon", "--data", str(emit_folder),
                  "--out", str(out), "--no-report", "--extra-data-dir", str(extra_folder)]) == 0

@@ -93,7 +93,8 @@ def run_settings(run: Path) -> dict[type, Any]:
 
 def teacher_predictions(run: Path) -> tuple[str, dict[str, np.ndarray]]:
     """The chosen candidate's name and its arrays of ``predictions.npz``: ``validation`` (out-of-fold
-    probabilities of ``validation_rows``), ``y_validation``, and each prediction set's."""
+    probabilities of ``validation_rows``), ``y_validation``, each prediction set's, and ``y_ood_proxy``
+    (the proxy's gold) when the run scored the proxy."""
     run = Path(run)
     for name in ("metrics.json", "predictions.npz"):
         if not (run / name).is_file():
@@ -103,6 +104,8 @@ def teacher_predictions(run: Path) -> tuple[str, dict[str, np.ndarray]]:
         arrays = {k[len(best) + 1:]: z[k] for k in z.files if k.startswith(best + "_")}
         arrays["validation_rows"] = z["validation_rows"]
         arrays["y_validation"] = z["y_validation"]
+        if f"y_{PROXY_SET}" in z.files:  # the proxy corpus' gold, in the order of its predictions
+            arrays[f"y_{PROXY_SET}"] = z[f"y_{PROXY_SET}"]
     return best, arrays
 
 
@@ -267,7 +270,8 @@ def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCl
                        "dropped), labels unused")
             continue
         if name in trained_on:
-            held = _proxy_rows_out_of_fold(data, run) if name == PROXY_CORPUS and zero_shot is not None else None
+            held = (_proxy_rows_out_of_fold(data, run, arrays.get(f"y_{PROXY_SET}"))
+                    if name == PROXY_CORPUS and zero_shot is not None else None)
             if held is None or len(held[0]) != len(zero_shot):
                 why.append(f"{name}: the teacher trained on it (--extra-data), its texts cannot transfer"
                            + (" (no out-of-fold predictions of them to match)" if name == PROXY_CORPUS else ""))
@@ -307,18 +311,17 @@ def transfer_rows(data: EmitData, arrays: dict[str, np.ndarray], cleaner: TextCl
     return texts, np.vstack(probs), "; ".join(why) or "no transfer corpus"
 
 
-def _proxy_rows_out_of_fold(data: EmitData, run: Path | None) -> tuple[list[str], str] | None:
+def _proxy_rows_out_of_fold(data: EmitData, run: Path | None, gold: np.ndarray | None) -> tuple[list[str], str] | None:
     """When the teacher trained on the proxy corpus: its raw texts in the order of the run's proxy
     predictions (the rows its plan held out, then those ``--extra-data-labels`` left out of training)
-    and its domain; None when they cannot be matched to the run's (no fold plan, other gold)."""
+    and its domain; None when they cannot be matched to the run's gold ``gold`` (no fold plan, other
+    gold)."""
     corpus = next((c for c in data.extra if c.is_proxy), None)
-    if corpus is None or run is None:
+    if corpus is None or run is None or gold is None:
         return None
     try:
         fold_of = np.asarray(json.loads((run / "folds.json").read_text(encoding="utf-8"))["default"]["extra"]
                              ["fold_of_row"])
-        with np.load(run / "predictions.npz", allow_pickle=False) as z:
-            gold = z[f"y_{PROXY_SET}"]
     except (OSError, KeyError, ValueError):
         return None
     start = sum(len(c) for c in data.extra[:data.extra.index(corpus)])
