@@ -17,13 +17,16 @@ and ``--extra-data none`` after them when they set none of --extra-data, --extra
 --domain-marker: the lines compare with EMit alone, not with the run profiles' extra data.
 
 A (line, seed) whose ``metrics.json`` exists is skipped and an interrupted one is continued
-(``--resume``), so the runner can be stopped and started again. ``--jobs N`` runs N of them at a
-time, each on its share of the cores (``OMP_NUM_THREADS``), its output in ``<run folder>.log``:
-on a small machine several one-thread trainings get more done per hour than one on all cores,
-but then the runs' seconds say little about the lines' costs. A folder made by another
-command, or by the same command when it resolved to other settings (a default or a profile has
-changed since: ``emitlab run --print-config`` shows what it resolves to now), is refused rather
-than mixed in. A flag starting with ``--`` and
+(``--resume``), so the runner can be stopped and started again. ``--previous RECORD`` (an earlier
+result of this tool, made with the same folds, task, data and extra flags) also skips each (line,
+seed) it holds whose run folder is gone, and takes its row (and its paired proxy delta) from there,
+marked ``recorded_in``: a table can grow over machines that do not keep their run folders.
+``--jobs N`` runs N of them at a time, each on its share of the cores (``OMP_NUM_THREADS``), its
+output in ``<run folder>.log``: on a small machine several one-thread trainings get more done per
+hour than one on all cores, but then the runs' seconds say little about the lines' costs. A folder
+made by another command, or by the same command when it resolved to other settings (a default or a
+profile has changed since: ``emitlab run --print-config`` shows what it resolves to now), is refused
+rather than mixed in. A flag starting with ``--`` and
 without a space is given as ``--line=--no-freeze-word-embeddings``.
 
 The result, ``benchmarks/results/ablation_task-<T>.json`` (``--name``), holds per line and seed the
@@ -142,8 +145,37 @@ def git_commit() -> dict[str, Any]:
 # Plan and runs
 
 
+def read_previous(path: Path | None, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The earlier result ``--previous`` names, after checking it was made with this plan's folds, task,
+    data and extra flags (its rows would not compare otherwise)."""
+    if path is None:
+        return None
+    try:
+        record = json.loads(Path(path).read_text())
+        settings, lines = record["settings"], record["lines"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"ablation: --previous {path}: not a result of this tool ({e})") from None
+    ours = {"folds": args.folds, "task": args.task, "data": args.data, "extra": args.extra}
+    differ = [f"{k} {settings.get(k)!r} (here {v!r})" for k, v in ours.items() if settings.get(k) != v]
+    if differ:
+        raise SystemExit(f"ablation: --previous {path} was made with other settings: {', '.join(differ)}")
+    return {"path": shown(path), "date": record.get("date"), "git": record.get("git"), "lines": lines}
+
+
+def recorded(previous: dict[str, Any] | None, line: str, seed: int) -> dict[str, Any] | None:
+    """The previous record's row of (line, seed), with its paired proxy delta, or None."""
+    held = (previous or {}).get("lines", {}).get(line_name(line))
+    if not held or held.get("flags") != line_flags(line) or str(seed) not in held.get("seeds", {}):
+        return None
+    pair = ((held.get("ood_proxy_paired") or {}).get("seeds") or {}).get(str(seed))
+    where = {"record": previous["path"], "date": previous["date"], "commit": (previous["git"] or {}).get("commit")}
+    return {"row": {**held["seeds"][str(seed)], "recorded_in": where}, "pair": pair}
+
+
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One entry per (line, seed): its run folder, its command and whether it is done."""
+    """One entry per (line, seed): its run folder, its command and whether it is done (``recorded``:
+    gone, but in the ``--previous`` record)."""
+    previous = read_previous(getattr(args, "previous", None), args)
     out = []
     for line in args.line:
         for seed in args.seeds:
@@ -157,6 +189,9 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             entry = {"line": line, "name": line_name(line), "seed": seed, "folder": folder, "command": command,
                      "status": "done" if done else "resume" if started else "todo"}
             entry["conflict"] = conflict(entry) if done or started else None
+            held = None if done else recorded(previous, line, seed)
+            if held is not None:  # a started folder is left alone: the record already has this run
+                entry.update(status="recorded", previous=held, conflict=None)
             out.append(entry)
     names = [line_name(line) for line in args.line]
     if len(set(names)) != len(names):
@@ -215,7 +250,7 @@ def run_one(entry: dict[str, Any], threads: int | None = None) -> bool:
 
 def run_all(entries: list[dict[str, Any]], jobs: int = 1) -> list[str]:
     """Run every entry not done, ``jobs`` at a time in plan order; the names of those that failed."""
-    todo = [e for e in entries if e["status"] != "done"]
+    todo = [e for e in entries if e["status"] not in ("done", "recorded")]
     if jobs <= 1:
         return [f"{e['name']}-s{e['seed']}" for e in todo if not run_one(e)]
     from concurrent.futures import ThreadPoolExecutor
@@ -260,6 +295,10 @@ def read_run(folder: Path) -> dict[str, Any] | None:
             row[key] = None
     row["run_seconds"] = (metrics.get("timings_s") or {}).get("total")
     row["precision"] = trained_precision(metrics)
+    try:  # the code the run was made with (a table may gather runs of several commits)
+        row["commit"] = json.loads((folder / "config.json").read_text())["git"]["commit"]
+    except (OSError, ValueError, KeyError, TypeError):
+        row["commit"] = None
     return row
 
 
@@ -342,9 +381,11 @@ def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:
     lines: dict[str, dict[str, Any]] = {}
     for e in entries:
         line = lines.setdefault(e["name"], {"flags": line_flags(e["line"]), "seeds": {}, "missing_seeds": []})
-        row = read_run(e["folder"])
+        row = e["previous"]["row"] if e.get("previous") else read_run(e["folder"])
         if row is None:
             line["missing_seeds"].append(e["seed"])
+        elif e.get("previous"):
+            line["seeds"][str(e["seed"])] = row
         else:
             parallel = e["folder"].with_name(e["folder"].name + ".log").is_file()  # made with --jobs > 1
             line["seeds"][str(e["seed"])] = {**row, "run": shown(e["folder"]), "parallel": parallel}
@@ -377,6 +418,8 @@ def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:
         ref_folders = folder_of.get(reference, {})
         pairs = {seed: paired_proxy(folder, ref_folders[seed])
                  for seed, folder in folder_of.get(name, {}).items() if seed in ref_folders}
+        pairs.update({str(e["seed"]): e["previous"]["pair"] for e in entries  # as the previous record paired it
+                      if e["name"] == name and e.get("previous") and pairs.get(str(e["seed"])) is None})
         pairs = {seed: p for seed, p in pairs.items() if p is not None}
         deltas = [p["delta"] for p in pairs.values()]
         mean, std = mean_std(deltas)
@@ -459,6 +502,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(OMP_NUM_THREADS) and writes its output to <run folder>.log; on a small machine this "
                         "gets more done per hour, but the runs' seconds are then not comparable with runs made "
                         "alone.")
+    p.add_argument("--previous", type=Path, default=None, metavar="RECORD",
+                   help="An earlier result of this tool (same --folds, --task, --data, --extra): each (line, seed) "
+                        "it holds whose run folder is gone is not run again, its row is taken from there.")
     p.add_argument("--dry-run", action="store_true",
                    help="Print the plan (status and command of every run); run nothing.")
     p.add_argument("--collect", action="store_true",
@@ -481,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     entries = plan(args)
     if args.dry_run:
-        todo = sum(e["status"] != "done" for e in entries)
+        todo = sum(e["status"] not in ("done", "recorded") for e in entries)
         print(f"ablation: {len(args.line)} line(s) x {len(args.seeds)} seed(s) = {len(entries)} runs, {todo} to run; "
               f"data {args.data}; result benchmarks/results/{args.name}.json")
         for e in entries:
@@ -504,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"command": shlex.join([sys.executable, *sys.argv]), "git": git_commit(),
                "settings": {"lines": args.line, "seeds": args.seeds, "folds": args.folds, "task": args.task,
                             "data": args.data, "extra": args.extra, "runs_dir": shown(args.runs_dir),
-                            "jobs": args.jobs},
+                            "jobs": args.jobs, "previous": shown(args.previous) if args.previous else None},
                "failed": failed, **summary}
     path = write_result(args.name, payload)
     print(markdown_table(summary))

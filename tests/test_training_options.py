@@ -681,6 +681,55 @@ def test_ablation_pairs_the_proxy_texts_of_a_line_with_its_reference(tmp_path):
     assert f"| {pair['delta']:+.4f} (1) |" in table
 
 
+def test_ablation_previous_record_stands_in_for_runs_that_are_gone(tmp_path, monkeypatch, capsys):
+    """--previous RECORD: a (line, seed) the record holds and whose folder is gone is not run again and
+    its row (and paired proxy delta) comes from the record, marked with where it was recorded; a seed
+    the record lacks is run; a record made with other folds is refused."""
+    ab = _ablation_module()
+    (tmp_path / "emit").mkdir()
+    common = ["--data", str(tmp_path / "emit"), "--runs-dir", str(tmp_path / "runs"), "--folds", "1", "--name", "t"]
+    lines = ["--line", "baseline", "--line", "--oversample-rare 3", "--seeds", "1", "2"]
+    args = ab.parse_args(common + lines)
+
+    def row(value):
+        return {"nested_macro_f1": value, "train_seconds": 100.0, "precision": "fp32", "run": "gone"}
+
+    record = {"date": "2026-12-06T14:31:50+00:00", "git": {"commit": "abc123", "dirty": False},
+              "settings": {"folds": 1, "task": "A", "data": args.data, "extra": []},
+              "lines": {"baseline": {"flags": [], "seeds": {"1": row(0.50), "2": row(0.54)}},
+                        "oversample-rare-3": {"flags": ["--oversample-rare", "3"], "seeds": {"1": row(0.60)},
+                                              "ood_proxy_paired": {"seeds": {"1": {"n": 9, "delta": 0.1}}}}}}
+    previous = tmp_path / "previous.json"
+    previous.write_text(json.dumps(record))
+    # seed 2 of the oversampling line is not in the record: it is the one run left
+    assert ab.main(common + lines + ["--previous", str(previous), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs, 1 to run" in out and out.count("[recorded]") == 3
+    args.previous = previous
+    entries = ab.plan(args)
+    assert [e["status"] for e in entries] == ["recorded", "recorded", "recorded", "todo"]
+    ran = []
+    monkeypatch.setattr(ab, "run_one", lambda e, threads=None: ran.append((e["name"], e["seed"])) or True)
+    assert ab.run_all(entries) == [] and ran == [("oversample-rare-3", 2)]
+    # once it is done, the table gathers the recorded seeds and the new one
+    folder = tmp_path / "runs" / "oversample-rare-3-s2"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text("{}")
+    monkeypatch.setattr(ab, "read_run", lambda f: {**row(0.62), "run": str(f)})
+    summary = ab.summarise(ab.plan(args))
+    line = summary["lines"]["oversample-rare-3"]
+    assert line["n"] == 2 and line["mean"]["nested_macro_f1"] == pytest.approx(0.61)
+    assert line["seeds"]["1"]["recorded_in"] == {"record": ab.shown(previous), "date": record["date"],
+                                                 "commit": "abc123"}
+    assert "recorded_in" not in line["seeds"]["2"]
+    assert line["delta"]["nested_macro_f1"] == pytest.approx(0.61 - 0.52)
+    assert line["ood_proxy_paired"]["seeds"] == {"1": {"n": 9, "delta": 0.1}}  # seed 2's reference is gone
+    # a record of another plan does not stand in
+    previous.write_text(json.dumps({**record, "settings": {**record["settings"], "folds": 3}}))
+    with pytest.raises(SystemExit, match="other settings: folds 3 \\(here 1\\)"):
+        ab.plan(args)
+
+
 def test_num_layers_keeps_the_lower_pretrained_layers(tiny_model):
     from transformers import AutoModel
 
