@@ -392,6 +392,27 @@ def test_extra_rows_for_some_labels_only(tmp_path):
     assert np.array_equal(r.subset(np.arange(3)).annotation, r.annotation[:3])
 
 
+def test_extra_data_rows_samples_the_corpora_but_the_proxy(emit_folder, extra_folder, tmp_path):
+    """--extra-data-rows N: at most N rows of each extra corpus, drawn with the seed (the same seed, the
+    same rows), said in metrics.json; MultiEmotions-It, the proxy, stays whole."""
+    from emitlab.data.extra import sample_rows
+
+    c = load_extra("xed-it", extra_folder, TASK_A_LABELS)
+    s = sample_rows(c, 10, seed=1)
+    assert len(s) == 10 and s.sampled_from == len(c) and set(s.ids) < set(c.ids)
+    assert [c.ids.index(i) for i in s.ids] == sorted(c.ids.index(i) for i in s.ids)  # the corpus' order
+    assert np.array_equal(s.labels, c.labels[[c.ids.index(i) for i in s.ids]])
+    assert sample_rows(c, 10, seed=1).ids == s.ids and sample_rows(c, 10, seed=2).ids != s.ids
+    assert sample_rows(c, 0, seed=1) is c and sample_rows(c, len(c), seed=1) is c
+    out = tmp_path / "run"
+    assert main(["-q", "baseline", "--data", str(emit_folder), "--out", str(out), "--no-report",
+                 "--extra-data-dir", str(extra_folder), "--extra-data", "xed-it", "--extra-data", "multiemotions-it",
+                 "--extra-data-rows", "10"]) == 0
+    corpora = {c["name"]: c for c in json.loads((out / "metrics.json").read_text())["extra_data"]["corpora"]}
+    assert corpora["xed-it"]["rows"] <= 10 and corpora["xed-it"]["sampled_from"] == len(c)
+    assert corpora["multiemotions-it"]["sampled_from"] is None and corpora["multiemotions-it"]["rows"] > 10
+
+
 def test_a_proxy_corpus_used_for_some_labels_is_scored_on_its_own_gold(emit_folder, extra_folder, tmp_path):
     """--extra-data-labels trains on MultiEmotions-It's rows for those labels only, but its proxy score
     stays on its own annotation: Fear's gold kept on the rows held out, and the rows it leaves out of

@@ -35,6 +35,7 @@ from emitlab.data.extra import (
     extra_data_dir,
     load_extra,
     restrict_labels,
+    sample_rows,
 )
 from emitlab.data.loading import EmitData, TextDataset, label_warnings, load_emit, load_table
 from emitlab.devices import check_processes_fit_devices, pick_device
@@ -84,6 +85,8 @@ def load_data(cfg: DataConfig) -> EmitData:
         used = [restrict_labels(c, keep) for c in data.extra]
         data.extra = [u for u, _ in used]
         data.proxy_untrained = next((left for u, left in used if u.is_proxy and len(left)), None)
+    # the proxy stays whole: each of its rows gets its out-of-fold prediction
+    data.extra = [c if c.is_proxy else sample_rows(c, cfg.extra_data_rows, cfg.seed) for c in data.extra]
     names = [c.name for c in data.extra]
     if len(set(names)) < len(names):
         raise SettingsError(f"--extra-data names a corpus twice: {', '.join(cfg.extra_data)}")
@@ -174,7 +177,8 @@ SET_DOMAINS = {"test": TASK_DOMAIN, "ood": OOD_DOMAIN}
 def _dedup(corpus: ExtraCorpus, evaluation: dict[str, list[str]], key) -> ExtraCorpus:
     kept = drop_evaluation_duplicates(corpus, evaluation, key)
     counts = ", ".join(f"{n} equal to {s} texts" for s, n in kept.dropped.items())
-    log.info("extra corpus %s: %d rows (weight %g)%s%s", kept.name, len(kept), kept.weight,
+    log.info("extra corpus %s: %d rows (weight %g)%s%s%s", kept.name, len(kept), kept.weight,
+             f", a sample of {kept.sampled_from} (--extra-data-rows)" if kept.sampled_from else "",
              f"; dropped {counts}" if counts else "",
              f"; masked labels: {', '.join(kept.summary()['masked_labels'])}" if not kept.mask.all() else "")
     return kept

@@ -269,6 +269,10 @@ class DataConfig(SettingsGroup):
         "Use the extra corpora for these labels only (e.g. the rare ones: Fear Anger Anticipation Surprise): their "
         "other labels are masked, and their rows with no positive among these are dropped. None given: every label "
         "a corpus annotates.")})
+    extra_data_rows: int = field(default=0, metadata={"min": 0, "help": (
+        "At most this many rows of each extra corpus but MultiEmotions-It (the out-of-domain proxy, always whole): "
+        "a random sample drawn with --seed, after --extra-data-labels, e.g. 6000 of XED-en's 27,202 lines to keep "
+        "training time in check. 0 (default): every row.")})
     extra_data_dir: str = field(default="", metadata={"help": (
         "Folder holding multiemotions_it/ and xed/ (default: $EMITLAB_EXTRA_DATA, else ../shared/data).")})
     domain_marker: bool = field(default=False, metadata={"help": (

@@ -102,7 +102,8 @@ class ExtraCorpus:
     removed because they equal an evaluation text (per evaluation set); ``skipped_lines`` the
     lines of its file that are not rows (XED's alignment metadata); ``gold`` the corpus' own
     annotation where ``--extra-data-labels`` masks labels it annotates (None: ``labels``), what its
-    rows are scored against (:attr:`annotation`)."""
+    rows are scored against (:attr:`annotation`); ``sampled_from`` its rows before ``--extra-data-rows``
+    drew a sample (0: not sampled)."""
 
     name: str
     ids: list[str]
@@ -115,6 +116,7 @@ class ExtraCorpus:
     dropped: dict[str, int] = field(default_factory=dict)
     skipped_lines: int = 0
     gold: np.ndarray | None = None
+    sampled_from: int = 0
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -153,7 +155,7 @@ class ExtraCorpus:
         idx = np.flatnonzero(keep) if keep.dtype == bool else keep
         return ExtraCorpus(self.name, [self.ids[i] for i in idx], [self.texts[i] for i in idx], self.labels[idx],
                            self.mask[idx], list(self.label_names), self.weight, self.source, dict(self.dropped),
-                           self.skipped_lines, None if self.gold is None else self.gold[idx])
+                           self.skipped_lines, None if self.gold is None else self.gold[idx], self.sampled_from)
 
     def summary(self) -> dict[str, Any]:
         """What the log, ``metrics.json`` and the report say of it."""
@@ -161,7 +163,8 @@ class ExtraCorpus:
         return {"name": self.name, "source": self.source, "rows": len(self), "weight": self.weight,
                 "masked_labels": [n for n, a in zip(self.label_names, annotated) if not a],
                 "positives": {n: int(self.labels[:, j].sum()) for j, n in enumerate(self.label_names) if annotated[j]},
-                "dropped_equal_to_evaluation": dict(self.dropped), "skipped_lines": self.skipped_lines}
+                "dropped_equal_to_evaluation": dict(self.dropped), "skipped_lines": self.skipped_lines,
+                "sampled_from": self.sampled_from or None}
 
 
 # --------------------------------------------------------------------------------------
@@ -374,6 +377,17 @@ def restrict_labels(corpus: ExtraCorpus, keep: np.ndarray) -> tuple[ExtraCorpus,
     out.mask = mask[used]
     out.labels[~out.mask] = 0
     return out, corpus.subset(~used)
+
+
+def sample_rows(corpus: ExtraCorpus, n: int, seed: int) -> ExtraCorpus:
+    """At most ``n`` rows of ``corpus`` (``--extra-data-rows``): a random sample drawn with ``seed``, in
+    the corpus' order; the corpus itself when it has no more, or when ``n`` is 0."""
+    if n <= 0 or len(corpus) <= n:
+        return corpus
+    rows = np.sort(np.random.default_rng(seed).choice(len(corpus), size=n, replace=False))
+    out = corpus.subset(rows)
+    out.sampled_from = len(corpus)
+    return out
 
 
 # --------------------------------------------------------------------------------------

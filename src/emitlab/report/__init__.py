@@ -405,7 +405,9 @@ def _extra_data_note(run: RunData) -> str:
     extra = run.metrics.get("extra_data")
     if extra:
         corpora = "; ".join(
-            f"{c['name']} ({c['rows']} rows, weight {c['weight']:g}"
+            f"{c['name']} ({c['rows']} rows"
+            + (f" sampled from {c['sampled_from']}" if c.get("sampled_from") else "")
+            + f", weight {c['weight']:g}"
             + (f", masked: {', '.join(c['masked_labels'])}" if c["masked_labels"] else "")
             + "".join(f", {n} dropped as equal to {s} texts" for s, n in c["dropped_equal_to_evaluation"].items() if n)
             + ")" for c in extra["corpora"])
