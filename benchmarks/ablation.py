@@ -66,10 +66,12 @@ REPO = HERE.parent
 DEFAULT_LINES = ["baseline", "--no-freeze-word-embeddings", "--max-length 128", "--epochs 6", "--layer-decay 0.9",
                  "--ema-decay 0.999", "--loss asl", "--multi-sample-dropout 5", "--rdrop-alpha 1.0"]
 #: issue 18: ways to use the extra corpora and the rare-emotion augmentations (``--lines data``); runs with
-#: MultiEmotions-It report its out-of-fold proxy score, the others its zero-shot one
+#: MultiEmotions-It report its out-of-fold proxy score, the others its zero-shot one; XED-en as many rows as XED-it
+#: has (6,550 of its 27,202: all of them would make a run several times as long), to compare the two at one size
 DATA_LINES = ["baseline", "--extra-data multiemotions-it", "--extra-data multiemotions-it:0.5",
               "--extra-data multiemotions-it --domain-marker", "--extra-data multiemotions-it --extra-first-epochs 2",
-              "--extra-data xed-it:0.5", "--extra-data xed-en:0.3", "--oversample-rare 3", "--augment-rare 2",
+              "--extra-data xed-it:0.5", "--extra-data xed-en:0.5 --extra-data-rows 6550", "--oversample-rare 3",
+              "--augment-rare 2",
               "--extra-data xed-it --extra-data-labels Fear Anger Anticipation Surprise"]
 LINE_SETS = {"finetune": DEFAULT_LINES, "data": DATA_LINES}
 DEFAULT_SEEDS = [42, 43, 44]
