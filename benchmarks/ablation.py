@@ -219,8 +219,27 @@ def conflict(entry: dict[str, Any]) -> str | None:
     now = planned_settings(entry["command"])
     changed = [f"{sec}.{key} {saved.get(sec, {}).get(key)!r} (now {value!r})"
                for sec, values in now.items() for key, value in values.items()
-               if saved.get(sec, {}).get(key) != value]
+               if saved.get(sec, {}).get(key) != value and not added_since(saved, sec, key, value)]
     return f"made with other settings: {', '.join(changed[:4])}" if changed else None
+
+
+def added_since(saved: dict[str, Any], section: str, key: str, value: Any) -> bool:
+    """Whether ``section.key`` is a setting added after the run was made (absent from its config.json)
+    that now resolves to its default: the run behaved as that default does."""
+    import dataclasses
+
+    from emitlab.settings import GROUPS, section_name
+
+    if key in saved.get(section, {}):
+        return False
+    for cls in GROUPS:
+        if section_name(cls) == section:
+            f = next((f for f in dataclasses.fields(cls) if f.name == key), None)
+            if f is None:
+                return False
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            return json.loads(json.dumps(default)) == value
+    return False
 
 
 def planned_settings(command: list[str]) -> dict[str, dict[str, Any]]:

@@ -512,6 +512,12 @@ def test_ablation_runner_dry_run_and_collect(tiny_model, emit_folder, tmp_path, 
     config.write_text(json.dumps({**saved, "train": {**saved["train"], "epochs": 9.0}}))
     assert ab.main(common + one + ["--collect"]) == 2
     assert "made with other settings: train.epochs 9.0 (now 1.0)" in capsys.readouterr().err
+    # a setting added since the run was made, at its default, is the same behaviour; not at its default, it is not
+    config.write_text(json.dumps({**saved, "data": {k: v for k, v in saved["data"].items() if k != "extra_data_rows"}}))
+    assert ab.main(common + one + ["--collect"]) == 0
+    assert not ab.added_since(saved, "data", "extra_data_rows", 0)  # present in the run's config: not added
+    assert not ab.added_since({"data": {}}, "data", "extra_data_rows", 6550)
+    assert ab.added_since({"data": {}}, "data", "extra_data_rows", 0)
     config.write_text(json.dumps(saved))
     # a run made before the profiles' extra data (its command without --extra-data none, the same settings)
     assert saved["command"][-2:] == ["--extra-data", "none"]
