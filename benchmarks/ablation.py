@@ -171,7 +171,8 @@ def recorded(previous: dict[str, Any] | None, line: str, seed: int) -> dict[str,
         return None
     pair = ((held.get("ood_proxy_paired") or {}).get("seeds") or {}).get(str(seed))
     where = {"record": previous["path"], "date": previous["date"], "commit": (previous["git"] or {}).get("commit")}
-    return {"row": {**held["seeds"][str(seed)], "recorded_in": where}, "pair": pair}
+    row = held["seeds"][str(seed)]
+    return {"row": {**row, "recorded_in": row.get("recorded_in") or where}, "pair": pair}  # the first record
 
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -728,6 +728,11 @@ def test_ablation_previous_record_stands_in_for_runs_that_are_gone(tmp_path, mon
     assert line["seeds"]["1"]["recorded_in"] == {"record": ab.shown(previous), "date": record["date"],
                                                  "commit": "abc123"}
     assert "recorded_in" not in line["seeds"]["2"]
+    # carried again by a later record, a row keeps the record it was first made for
+    later = {**ab.read_previous(previous, args), "date": "later"}
+    later["lines"]["oversample-rare-3"]["seeds"]["1"]["recorded_in"] = {"date": "first"}
+    assert ab.recorded(later, "--oversample-rare 3", 1)["row"]["recorded_in"] == {"date": "first"}
+    assert ab.recorded(later, "baseline", 1)["row"]["recorded_in"]["date"] == "later"
     assert line["delta"]["nested_macro_f1"] == pytest.approx(0.61 - 0.52)
     assert line["ood_proxy_paired"]["seeds"] == {"1": {"n": 9, "delta": 0.1}}  # seed 2's reference is gone
     # a record of another plan does not stand in
