@@ -260,9 +260,11 @@ def test_weight_average_at_the_end_of_training(tmp_path):
 
 
 def _small_config(tiny_model, **overrides) -> TrainConfig:
+    """A config the tiny BERT learns with in seconds; fp32 on any CPU, so that a Trainer evaluation
+    and the kept model's predictions agree exactly (bf16 autocast evaluates in bf16)."""
     values = dict(model=str(tiny_model), max_length=48, batch_size=16, learning_rate=3e-3, head_learning_rate=1e-2,
                   epochs=2, report_to="none", freeze_word_embeddings=False, logging_steps=5, device="cpu", threads=1,
-                  early_stopping_patience=0)
+                  early_stopping_patience=0, precision="fp32")
     values.update(overrides)
     return TrainConfig(**values)
 
